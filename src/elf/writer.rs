@@ -1,0 +1,217 @@
+//! Writes a core: headers and notes first, then the memory of every dumped
+//! mapping, read from the target on a second thread while the previous
+//! buffer is being written, so the dump runs at the speed of the slower side.
+
+use super::layout::{self, CoreLayout, PAGE_SIZE, SegmentSpec};
+use super::notes::{Note, core_notes, encode_notes};
+use crate::arch;
+use crate::cancel::CancelToken;
+use crate::process::memory::{MemoryError, MemoryReader, Unreadable};
+use crate::sink::Sink;
+use crate::snapshot::Snapshot;
+use std::sync::mpsc;
+use thiserror::Error;
+
+/// Largest single read from the target.
+pub const CHUNK_LEN: usize = 4 << 20;
+/// Buffers in flight between the reading and the writing thread; with
+/// [`CHUNK_LEN`] this bounds the copy's memory at 16 MiB whatever the
+/// target's size.
+pub const BUFFERS: usize = 4;
+
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error("writing the core failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("interrupted by signal {signal}")]
+    Interrupted { signal: i32 },
+}
+
+/// What the copy did.
+#[derive(Debug, Clone, Default)]
+pub struct WriteStats {
+    /// Length of the core file (its logical size).
+    pub total_len: u64,
+    /// Bytes read from the target.
+    pub bytes_read: u64,
+    /// Bytes of memory written (pages that were not all zeros).
+    pub bytes_written: u64,
+    /// Ranges that could not be read (left as zeros), in address order.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// One contiguous piece of target memory and where it goes in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Copy {
+    addr: u64,
+    len: u64,
+    file_offset: u64,
+}
+
+/// Computes the layout for `snapshot` with `extra` notes appended.
+pub fn plan(snapshot: &Snapshot, extra: Vec<Note>) -> (Vec<u8>, Vec<SegmentSpec>, CoreLayout) {
+    let notes = encode_notes(&core_notes(snapshot, extra));
+    let segments: Vec<SegmentSpec> = snapshot
+        .regions
+        .iter()
+        .map(|r| SegmentSpec {
+            vaddr: r.mapping.start,
+            memsz: r.mapping.len(),
+            filesz: r.dumped_len(),
+            readable: r.mapping.readable,
+            writable: r.mapping.writable,
+            executable: r.mapping.executable,
+        })
+        .collect();
+    let layout = layout::plan(arch::ELF_MACHINE, notes.len() as u64, &segments);
+    (notes, segments, layout)
+}
+
+/// The reads that fill the segments: whole dumped ranges, or only the
+/// populated parts of private anonymous memory.
+fn copies(snapshot: &Snapshot, layout: &CoreLayout) -> Vec<Copy> {
+    let mut out = Vec::new();
+    for (region, &offset) in snapshot.regions.iter().zip(&layout.segment_offsets) {
+        let start = region.mapping.start;
+        let end = start + region.dumped_len();
+        if end == start {
+            continue;
+        }
+        let ranges = region.populated.clone().unwrap_or_else(|| vec![(start, end)]);
+        for (from, to) in ranges {
+            let (from, to) = (from.max(start), to.min(end));
+            if from < to {
+                out.push(Copy { addr: from, len: to - from, file_offset: offset + (from - start) });
+            }
+        }
+    }
+    out
+}
+
+/// Writes the whole core for `snapshot` into `sink`, reading memory through
+/// `memory` while the target stays frozen.
+pub fn write_core(
+    snapshot: &Snapshot,
+    extra_notes: Vec<Note>,
+    memory: &MemoryReader,
+    sink: &mut dyn Sink,
+    cancel: &CancelToken,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<WriteStats, WriteError> {
+    let (notes, _, layout) = plan(snapshot, extra_notes);
+    sink.write_at(0, &layout.headers)?;
+    sink.write_at(layout.notes_offset, &notes)?;
+    let copies = copies(snapshot, &layout);
+    let to_read: u64 = copies.iter().map(|c| c.len).sum();
+    let mut stats = WriteStats { total_len: layout.total_len, ..WriteStats::default() };
+
+    std::thread::scope(|scope| -> Result<(), WriteError> {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Result<Filled, MemoryError>>(BUFFERS);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..BUFFERS {
+            free_tx.send(Vec::with_capacity(CHUNK_LEN)).expect("receiver alive");
+        }
+        let copies = &copies;
+        scope.spawn(move || {
+            for copy in copies {
+                let mut done = 0u64;
+                while done < copy.len {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    let len = (copy.len - done).min(CHUNK_LEN as u64) as usize;
+                    buf.resize(len, 0);
+                    let mut unreadable = Vec::new();
+                    let result = memory
+                        .read(copy.addr + done, &mut buf, &mut unreadable)
+                        .map(|()| Filled { file_offset: copy.file_offset + done, buf, unreadable });
+                    let failed = result.is_err();
+                    if full_tx.send(result).is_err() || failed {
+                        return;
+                    }
+                    done += len as u64;
+                }
+            }
+        });
+        // Dropping the receiver on an early return stops the reader.
+        for filled in full_rx {
+            let filled = filled?;
+            if let Some(signal) = cancel.signal() {
+                return Err(WriteError::Interrupted { signal });
+            }
+            stats.bytes_read += filled.buf.len() as u64;
+            stats.bytes_written += write_nonzero_pages(sink, filled.file_offset, &filled.buf)?;
+            stats.unreadable.extend(filled.unreadable);
+            progress(stats.bytes_read, to_read);
+            let _ = free_tx.send(filled.buf);
+        }
+        Ok(())
+    })?;
+    sink.finish(layout.total_len)?;
+    Ok(stats)
+}
+
+struct Filled {
+    file_offset: u64,
+    buf: Vec<u8>,
+    unreadable: Vec<Unreadable>,
+}
+
+/// Writes the runs of `data` that are not whole pages of zeros; the sink
+/// turns the rest into holes. Returns the bytes written.
+fn write_nonzero_pages(sink: &mut dyn Sink, file_offset: u64, data: &[u8]) -> std::io::Result<u64> {
+    let page = PAGE_SIZE as usize;
+    let mut written = 0u64;
+    let mut run_start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + page).min(data.len());
+        let zero = is_zero(&data[pos..end]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(start)) => {
+                sink.write_at(file_offset + start as u64, &data[start..pos])?;
+                written += (pos - start) as u64;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(start) = run_start {
+        sink.write_at(file_offset + start as u64, &data[start..])?;
+        written += (data.len() - start) as u64;
+    }
+    Ok(written)
+}
+
+/// OR-folds 8 bytes at a time; the compiler vectorises it.
+fn is_zero(bytes: &[u8]) -> bool {
+    let (head, words, tail) = {
+        let mut chunks = bytes.chunks_exact(8);
+        let words = chunks.by_ref().fold(0u64, |acc, c| acc | u64::from_ne_bytes(c.try_into().expect("8 bytes")));
+        (0u8, words, chunks.remainder().iter().fold(0u8, |a, &b| a | b))
+    };
+    head == 0 && words == 0 && tail == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Stream;
+
+    #[test]
+    fn zero_pages_are_skipped_not_lost() {
+        let mut data = vec![0u8; 5 * 4096];
+        data[4096 + 7] = 1;
+        data[3 * 4096] = 2;
+        data[4 * 4096 + 4095] = 3;
+        let mut out = Vec::new();
+        let mut sink = Stream::new(&mut out);
+        let written = write_nonzero_pages(&mut sink, 0, &data).unwrap();
+        sink.finish(data.len() as u64).unwrap();
+        assert_eq!(written, 3 * 4096);
+        assert_eq!(out, data);
+        assert!(is_zero(&[0; 13]) && !is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+    }
+}

@@ -1,0 +1,35 @@
+//! coresnap: a non-destructive ELF core dump of a live Linux process, which
+//! gdb, lldb and eu-stack load as if the kernel had written it.
+//!
+//! The pipeline runs one way, one module per stage:
+//!
+//! 1. [`process`]: freeze every thread with `PTRACE_SEIZE` +
+//!    `PTRACE_INTERRUPT` ([`process::freeze::FrozenProcess`], which detaches
+//!    on drop), read `/proc` and the target's memory.
+//! 2. [`snapshot`]: the owned model of the frozen process (threads with
+//!    registers from [`arch`], identity, mappings and the kernel's decision
+//!    for each under `coredump_filter`).
+//! 3. [`elf`]: the notes and the file layout, planned as pure arithmetic,
+//!    then written in file order while memory is read on a second thread.
+//! 4. [`sink`]: a sparse file (zero pages become holes) or any stream.
+//!
+//! [`dump`] ties them together.
+//!
+//! ```no_run
+//! use coresnap::dump::{dump_to_path, DumpOptions};
+//! let report = dump_to_path(1234, "core.1234".as_ref(), &DumpOptions::default())?;
+//! println!("{} threads, target paused {:?}", report.threads, report.pause);
+//! # Ok::<(), coresnap::dump::DumpError>(())
+//! ```
+
+pub mod arch;
+pub mod cancel;
+pub mod dump;
+pub mod elf;
+pub mod process;
+pub mod sink;
+pub mod snapshot;
+mod sys;
+
+pub use cancel::CancelToken;
+pub use dump::{DumpError, DumpOptions, DumpReport, dump_into_sink, dump_to_path, dump_to_writer};

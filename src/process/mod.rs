@@ -1,0 +1,6 @@
+//! The live target: freezing its threads, reading `/proc`, reading memory.
+
+pub mod freeze;
+pub mod info;
+pub mod maps;
+pub mod memory;

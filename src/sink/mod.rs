@@ -1,0 +1,107 @@
+//! Where the core's bytes go. The writer hands over byte runs in increasing
+//! file offset order and leaves gaps where the core holds only zeros; a
+//! sink turns gaps into holes (a regular file) or into zero bytes (a pipe).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+pub trait Sink {
+    /// Writes `data` at `offset`, which is never below the end of the
+    /// previous write.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Completes the file at `total_len` bytes (the tail may be a gap).
+    fn finish(&mut self, total_len: u64) -> io::Result<()>;
+}
+
+/// A regular file written with positional writes: gaps stay holes, so a
+/// sparse process gives a sparse core.
+pub struct SparseFile<'a> {
+    file: &'a File,
+}
+
+impl<'a> SparseFile<'a> {
+    pub fn new(file: &'a File) -> SparseFile<'a> {
+        SparseFile { file }
+    }
+}
+
+impl Sink for SparseFile<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn finish(&mut self, total_len: u64) -> io::Result<()> {
+        self.file.set_len(total_len)
+    }
+}
+
+/// Any `Write` (a pipe, a socket, stdout): gaps are written as zeros.
+pub struct Stream<W: Write> {
+    inner: W,
+    position: u64,
+}
+
+const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+impl<W: Write> Stream<W> {
+    pub fn new(inner: W) -> Stream<W> {
+        Stream { inner, position: 0 }
+    }
+
+    fn fill_zeros_to(&mut self, offset: u64) -> io::Result<()> {
+        while self.position < offset {
+            let n = ((offset - self.position) as usize).min(ZEROS.len());
+            self.inner.write_all(&ZEROS[..n])?;
+            self.position += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for Stream<W> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if offset < self.position {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "stream sink cannot seek backwards"));
+        }
+        self.fill_zeros_to(offset)?;
+        self.inner.write_all(data)?;
+        self.position += data.len() as u64;
+        Ok(())
+    }
+
+    fn finish(&mut self, total_len: u64) -> io::Result<()> {
+        self.fill_zeros_to(total_len)?;
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn stream_fills_gaps_with_zeros() {
+        let mut out = Vec::new();
+        let mut sink = Stream::new(&mut out);
+        sink.write_at(0, b"ab").unwrap();
+        sink.write_at(5, b"cd").unwrap();
+        assert!(sink.write_at(1, b"x").is_err());
+        sink.finish(10).unwrap();
+        assert_eq!(out, b"ab\0\0\0cd\0\0\0");
+    }
+
+    #[test]
+    fn sparse_file_leaves_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("core")).unwrap();
+        let mut sink = SparseFile::new(&file);
+        sink.write_at(0, &[1; 4096]).unwrap();
+        sink.write_at(64 << 20, &[2; 4096]).unwrap();
+        sink.finish((64 << 20) + 8192).unwrap();
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.len(), (64 << 20) + 8192);
+        assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+    }
+}

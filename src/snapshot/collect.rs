@@ -1,0 +1,83 @@
+//! Building a [`Snapshot`] from a frozen live process.
+
+use super::select::{SelectionPolicy, decide};
+use super::{Region, Snapshot, ThreadInfo};
+use crate::arch;
+use crate::process::freeze::FrozenProcess;
+use crate::process::info;
+use crate::process::maps::{self, MapsError};
+use crate::process::memory::MemoryReader;
+use crate::sys::pagemap::PageMap;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CollectError {
+    #[error("cannot read {what} of process {pid}: {source}")]
+    Proc { pid: i32, what: &'static str, source: std::io::Error },
+    #[error("cannot read the registers of thread {tid}: {errno}")]
+    Registers { tid: i32, errno: nix::errno::Errno },
+    #[error("cannot parse /proc/{pid}/smaps: {source}")]
+    Maps { pid: i32, source: MapsError },
+}
+
+/// Reads threads, registers, identity, auxv and mappings of `frozen`.
+/// `state_before` is the process state letter seen before the freeze.
+pub fn collect(
+    frozen: &FrozenProcess,
+    state_before: u8,
+    policy: SelectionPolicy,
+    memory: &MemoryReader,
+) -> Result<Snapshot, CollectError> {
+    let pid = frozen.pid();
+    let proc_err = |what| move |source| CollectError::Proc { pid, what, source };
+    let process = info::process_info(pid, state_before).map_err(proc_err("status"))?;
+
+    let mut tids: Vec<i32> = frozen.threads().iter().map(|t| t.tid).collect();
+    tids.sort_unstable_by_key(|&tid| (tid != pid, tid));
+    let mut threads = Vec::with_capacity(tids.len());
+    for tid in tids {
+        let registers = arch::capture_registers(tid).map_err(|errno| CollectError::Registers { tid, errno })?;
+        // A thread can exit between the listing and this read only if it
+        // was never stopped, which the freeze rules out; still, missing
+        // /proc facts only cost timing fields, not the thread.
+        let facts = info::thread_facts(pid, tid).unwrap_or_default();
+        threads.push(ThreadInfo {
+            tid,
+            registers,
+            signals_pending: facts.signals_pending,
+            signals_blocked: facts.signals_blocked,
+            current_signal: 0,
+            siginfo: None,
+            user_time: facts.user_time,
+            system_time: facts.system_time,
+            children_user_time: facts.children_user_time,
+            children_system_time: facts.children_system_time,
+        });
+    }
+
+    let auxv = info::auxv(pid).map_err(proc_err("auxv"))?;
+    let smaps = info::smaps(pid).map_err(proc_err("smaps"))?;
+    let mappings = maps::parse_smaps(&smaps).map_err(|source| CollectError::Maps { pid, source })?;
+    // Without a page map every byte is read; the core is still exact, only
+    // slower on sparse processes.
+    let mut page_map = PageMap::open(pid).ok();
+    let regions = mappings
+        .into_iter()
+        .map(|mapping| {
+            let decision = decide(&mapping, policy, || starts_with_elf_magic(memory, mapping.start));
+            let mut region = Region { mapping, decision, populated: None };
+            if region.dumped_len() > 0 && region.is_private_anonymous() {
+                let end = region.mapping.start + region.dumped_len();
+                region.populated = page_map.as_mut().and_then(|map| map.populated(region.mapping.start, end).ok());
+            }
+            region
+        })
+        .collect();
+    Ok(Snapshot { process, threads, auxv, regions, policy })
+}
+
+fn starts_with_elf_magic(memory: &MemoryReader, addr: u64) -> bool {
+    let mut magic = [0u8; 4];
+    let mut unreadable = Vec::new();
+    memory.read(addr, &mut magic, &mut unreadable).is_ok() && unreadable.is_empty() && magic == *b"\x7fELF"
+}

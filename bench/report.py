@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Turn the raw rows written by bench/run.sh into a Markdown report.
+
+Raw TSV columns: target tool round status wall_s disk_bytes logical_bytes
+pause_us note. For every (target, tool) the best (lowest) wall time over the
+successful rounds is reported, with the size and pause of that same round and
+the worst pause over all rounds.
+"""
+import argparse
+import csv
+import datetime
+import sys
+
+TARGET_ORDER = ["sparse", "dense", "maps", "small", "python"]
+TARGET_TITLE = {
+    "sparse": "(a) sparse",
+    "dense": "(b) dense",
+    "maps": "(c) many mappings",
+    "small": "(d) small, 8 threads",
+    "python": "(e) python dict",
+}
+TOOL_ORDER = [
+    "(no dump, 1 s idle)",
+    "gcore",
+    "elfcore",
+    "kernel",
+    "coresnap",
+    "coresnap-cow",
+    "coresnap -o - (to a pipe)",
+    "coresnap -o - (to /dev/null)",
+]
+COMPARED = ["gcore", "elfcore", "kernel"]
+OURS = ["coresnap", "coresnap-cow"]
+MIB = 1024 * 1024
+
+
+def num(s):
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def fmt_mib(b):
+    return "" if b is None else f"{b / MIB:,.1f}"
+
+
+def fmt_s(s):
+    if s is None:
+        return ""
+    return f"{s:.3f}" if s < 10 else f"{s:.2f}"
+
+
+def fmt_ms(us):
+    return "" if us is None else f"{us / 1000:,.1f}"
+
+
+def fmt_ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    r = a / b
+    if r == 0:
+        return "0"
+    return f"{r:.3f}" if r < 0.1 else f"{r:.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--machine")
+    ap.add_argument("--skipped")
+    ap.add_argument("--targets")
+    a = ap.parse_args()
+
+    with open(a.raw, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["tool"]), []).append(r)
+
+    def best(target, tool):
+        """Summary of one (target, tool): dict or None if nothing ran."""
+        rs = groups.get((target, tool))
+        if not rs:
+            return None
+        ok = [r for r in rs if r["status"] == "ok"]
+        pauses = [num(r["pause_us"]) for r in rs if num(r["pause_us"]) is not None]
+        out = {
+            "n": len(rs),
+            "ok": len(ok),
+            "walls": [num(r["wall_s"]) for r in rs],
+            "worst_pause": max(pauses) if pauses else None,
+            "notes": sorted({r["note"] for r in rs if r["note"]}),
+            "status": [r["status"] for r in rs],
+        }
+        pick = None
+        timed = [r for r in ok if num(r["wall_s"]) is not None]
+        if timed:
+            pick = min(timed, key=lambda r: num(r["wall_s"]))
+        elif ok:
+            pick = ok[0]
+        if pick is not None:
+            out.update(
+                wall=num(pick["wall_s"]),
+                disk=num(pick["disk_bytes"]),
+                logical=num(pick["logical_bytes"]),
+                pause=num(pick["pause_us"]),
+            )
+        else:
+            out.update(wall=None, disk=None, logical=None, pause=None)
+        return out
+
+    targets_present = [t for t in TARGET_ORDER if any(k[0] == t for k in groups)]
+    targets_present += sorted({k[0] for k in groups} - set(targets_present))
+
+    # Streaming rows carry no size for /dev/null: borrow the pipe's count.
+    for t in targets_present:
+        for rs in (groups.get((t, "coresnap -o - (to /dev/null)")) or [],):
+            pipe = best(t, "coresnap -o - (to a pipe)")
+            if pipe and pipe.get("logical"):
+                for r in rs:
+                    if not r["logical_bytes"]:
+                        r["logical_bytes"] = str(int(pipe["logical"]))
+
+    out = []
+    w = out.append
+    w(f"# coresnap benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}")
+    w("")
+    w("Produced by `bench/run.sh`. Every tool dumps the same live target "
+      "(the kernel, which kills its target, gets a fresh instance per round); "
+      "the best wall time over the rounds is shown, with the sizes and the "
+      "pause of that same round. *Pause* is the longest interval between two "
+      "ticks of the target's 1 ms heartbeat thread during the dump (it "
+      "includes the 1 ms tick; the idle row is the noise floor). *Wall* is "
+      "from starting the tool to its exit (kernel: from `kill -SEGV` to the "
+      "target being reaped). Sizes in MiB: *logical* is the file size, "
+      "*on disk* is `du -B1` (holes not counted).")
+    w("")
+    if a.machine:
+        w("## Machine")
+        w("")
+        with open(a.machine) as f:
+            w(f.read().rstrip())
+        w("")
+    if a.targets:
+        w("## Targets")
+        w("")
+        desc = {}
+        with open(a.targets) as f:
+            for line in f:
+                if "\t" in line:
+                    k, v = line.rstrip("\n").split("\t", 1)
+                    desc[k] = v
+        for t in targets_present:
+            w(f"- {TARGET_TITLE.get(t, t)}: `{desc.get(t, '')}`")
+        w("")
+
+    w("## Results")
+    w("")
+    w("| Target | Tool | Wall s (best) | All rounds, s | Throughput MiB/s | "
+      "Logical MiB | On disk MiB | Pause ms | Worst pause ms | Status |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
+    notes = []
+    for t in targets_present:
+        tools = [x for x in TOOL_ORDER if (t, x) in groups]
+        tools += sorted({k[1] for k in groups if k[0] == t} - set(tools))
+        for tool in tools:
+            b = best(t, tool)
+            idle = tool.startswith("(no dump")
+            thr = ""
+            if b["wall"] and b["logical"]:
+                thr = f"{b['logical'] / MIB / b['wall']:,.0f}"
+            rounds = ", ".join(fmt_s(x) if x is not None else "–" for x in b["walls"])
+            status = "ok" if b["ok"] == b["n"] else f"{b['ok']}/{b['n']} ok"
+            if b["notes"]:
+                notes.append((t, tool, b["notes"]))
+                status += f" (note {len(notes)})"
+            w(f"| {TARGET_TITLE.get(t, t)} | {tool} | "
+              f"{'' if idle else fmt_s(b['wall'])} | {'' if idle else rounds} | {thr} | "
+              f"{fmt_mib(b['logical'])} | {fmt_mib(b['disk'])} | "
+              f"{fmt_ms(b['pause']) if b['pause'] is not None else ('' if tool != 'kernel' else 'n/a (killed)')} | "
+              f"{fmt_ms(b['worst_pause'])} | {status} |")
+    w("")
+
+    have_ours = [o for o in OURS
+                 if any((best(t, o) or {}).get("wall") is not None for t in targets_present)]
+    if have_ours:
+        w("## Ratios")
+        w("")
+        w("coresnap's best divided by the other tool's best on the same target: "
+          "below 1 means coresnap is faster, smaller on disk or pauses the "
+          "target less.")
+        w("")
+        w("| Target | coresnap mode | Metric | ÷ gcore | ÷ elfcore | ÷ kernel |")
+        w("|---|---|---|--:|--:|--:|")
+        for t in targets_present:
+            for o in have_ours:
+                mine = best(t, o)
+                if not mine or mine["wall"] is None:
+                    continue
+                others = {c: best(t, c) for c in COMPARED}
+                for metric, key in (("wall time", "wall"), ("on disk", "disk"),
+                                    ("logical size", "logical"), ("pause", "pause")):
+                    cells = []
+                    for c in COMPARED:
+                        ob = others[c]
+                        if c == "kernel" and key == "pause":
+                            cells.append("n/a")
+                        else:
+                            cells.append(fmt_ratio(mine[key], ob[key] if ob else None))
+                    w(f"| {TARGET_TITLE.get(t, t)} | {o} | {metric} | " + " | ".join(cells) + " |")
+        w("")
+    else:
+        w("(No coresnap measurement succeeded, so there are no ratios.)")
+        w("")
+
+    skipped = []
+    if a.skipped:
+        with open(a.skipped) as f:
+            skipped = [l.rstrip("\n").split("\t", 1) for l in f if "\t" in l]
+    if skipped:
+        w("## Skipped")
+        w("")
+        for tool, why in skipped:
+            w(f"- **{tool}**: {why}")
+        w("")
+    if notes:
+        w("## Notes")
+        w("")
+        for i, (t, tool, ns) in enumerate(notes, 1):
+            for n in ns:
+                w(f"{i}. {TARGET_TITLE.get(t, t)} / {tool}: {n}")
+        w("")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()

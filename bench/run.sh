@@ -1,0 +1,524 @@
+#!/usr/bin/env bash
+# coresnap benchmark: dump the same live targets with gcore, coresnap,
+# elfcore (bench/elfcore-dump) and the kernel's own core dump, and compare
+# wall time, file size, disk usage and the pause seen by the target.
+#
+# Run from anywhere (paths are taken from this script's location):
+#   bench/run.sh                 full size, 2 rounds, targets a-d
+#   bench/run.sh --python        also the ~1 GB Python heap target (slow to build)
+#   bench/run.sh --smoke         tiny sizes, for checking the script itself
+#   bench/run.sh --help          all options
+#
+# Needs: cc, cargo, gdb (gcore), python3, coreutils, util-linux (setsid);
+# root (or CAP_SYS_ADMIN) for the kernel column, which rewrites
+# /proc/sys/kernel/core_pattern for a moment and always restores it.
+set -uo pipefail
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH/.." && pwd)
+
+usage() {
+    cat <<EOF
+usage: bench/run.sh [options]
+  --smoke              tiny sizes (seconds, not minutes); for testing the script
+  --rounds N           rounds per tool and target; the best is reported (default 2)
+  --targets LIST       comma list from: sparse,dense,maps,small,python
+                       (default: sparse,dense,maps,small)
+  --python             add the python target to the list
+  --tools LIST         comma list from: gcore,coresnap,coresnap-cow,elfcore,kernel,stream
+                       (default: all; 'stream' = coresnap -o - on the dense target)
+  --timeout SEC        give up on one dump after SEC seconds (default 300)
+  --workdir DIR        parent of the scratch dir for cores (default: bench/.scratch,
+                       i.e. the repository's filesystem)
+  --out FILE           Markdown report (default bench/results/YYYYmmdd-HHMMSS.md;
+                       the raw measurements go next to it as .tsv)
+  --no-build           use the binaries already built
+  --keep               keep the scratch dir (logs) afterwards
+Sizes can be overridden with environment variables (full-size defaults):
+  SPARSE_RESERVE=4G SPARSE_STRIDE=4M SPARSE_DENSE=64M DENSE_SIZE=2G
+  MAPS_COUNT=30000 MAPS_PAGES=4 SMALL_THREADS=8 SMALL_SIZE=56M PY_SIZE=1G
+EOF
+}
+
+# ---------------------------------------------------------------- options
+ROUNDS=2
+TARGETS=sparse,dense,maps,small
+WANT_PYTHON=0
+TOOLS=gcore,coresnap,coresnap-cow,elfcore,kernel,stream
+TIMEOUT=300
+WORKPARENT=$BENCH/.scratch
+OUT=
+BUILD=1
+KEEP=0
+SMOKE=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --rounds) ROUNDS=$2; shift ;;
+        --targets) TARGETS=$2; shift ;;
+        --python) WANT_PYTHON=1 ;;
+        --tools) TOOLS=$2; shift ;;
+        --timeout) TIMEOUT=$2; shift ;;
+        --workdir) WORKPARENT=$2; shift ;;
+        --out) OUT=$2; shift ;;
+        --no-build) BUILD=0 ;;
+        --keep) KEEP=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ "$WANT_PYTHON" = 1 ] && [[ ",$TARGETS," != *,python,* ]]; then
+    TARGETS=$TARGETS,python
+fi
+if [ "$SMOKE" = 1 ]; then
+    : "${SPARSE_RESERVE:=256M}" "${SPARSE_STRIDE:=4M}" "${SPARSE_DENSE:=8M}"
+    : "${DENSE_SIZE:=64M}" "${MAPS_COUNT:=2000}" "${MAPS_PAGES:=4}"
+    : "${SMALL_THREADS:=8}" "${SMALL_SIZE:=16M}" "${PY_SIZE:=64M}"
+fi
+: "${SPARSE_RESERVE:=4G}" "${SPARSE_STRIDE:=4M}" "${SPARSE_DENSE:=64M}"
+: "${DENSE_SIZE:=2G}" "${MAPS_COUNT:=30000}" "${MAPS_PAGES:=4}"
+: "${SMALL_THREADS:=8}" "${SMALL_SIZE:=56M}" "${PY_SIZE:=1G}"
+
+has_tool() { [[ ",$TOOLS," == *,"$1",* ]]; }
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# ------------------------------------------------------- scratch + cleanup
+mkdir -p "$WORKPARENT" || exit 1
+WORK=$(mktemp -d "$WORKPARENT/run.XXXXXX") || exit 1
+STAMP=$(date +%Y%m%d-%H%M%S)
+[ -n "$OUT" ] || OUT=$BENCH/results/$STAMP.md
+mkdir -p "$(dirname "$OUT")"
+OUT=$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")
+RAW=${OUT%.md}.tsv
+MACHINE=$WORK/machine.md
+
+TARGET_PIDS=()   # every target we started; all killed on exit
+CUR_JOB=         # process group of the dump tool currently running
+CORE_PATTERN_FILE=/proc/sys/kernel/core_pattern
+CORE_PATTERN_ORIG=$(cat "$CORE_PATTERN_FILE" 2>/dev/null || true)
+CORE_PATTERN_CHANGED=0
+
+restore_core_pattern() {
+    if [ "$CORE_PATTERN_CHANGED" = 1 ]; then
+        printf '%s\n' "$CORE_PATTERN_ORIG" > "$CORE_PATTERN_FILE" &&
+            CORE_PATTERN_CHANGED=0
+    fi
+}
+
+cleanup() {
+    local p
+    restore_core_pattern
+    if [ -n "$CUR_JOB" ]; then kill -KILL -- "-$CUR_JOB" 2>/dev/null; fi
+    for p in "${TARGET_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "$KEEP" = 1 ]; then
+        log "scratch kept: $WORK"
+    else
+        rm -rf "$WORK"
+        rmdir "$WORKPARENT" 2>/dev/null
+    fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM HUP
+
+# ---------------------------------------------------------------- build
+BIN=$BENCH/.build
+mkdir -p "$BIN"
+CORESNAP=${CARGO_TARGET_DIR:-$REPO/target}/release/coresnap
+ELFCORE=$BIN/elfcore-target/release/elfcore-dump
+STREAM_OK=0
+CORESNAP_SKIP=   # reason coresnap cannot be used at all, if any
+ELFCORE_SKIP=
+
+if [ "$BUILD" = 1 ]; then
+    log "building C targets"
+    for t in sparse dense maps small; do
+        cc -O2 -Wall -Wextra -pthread -o "$BIN/$t" \
+            "$BENCH/targets/$t.c" "$BENCH/targets/heartbeat.c" || {
+            echo "cannot build target $t" >&2; exit 1; }
+    done
+    if has_tool coresnap || has_tool coresnap-cow || has_tool stream; then
+        log "building coresnap (cargo build --release)"
+        if ! (cd "$REPO" && cargo build --release) > "$WORK/build-coresnap.log" 2>&1; then
+            CORESNAP_SKIP="cargo build --release failed: $(grep -m1 '^error' "$WORK/build-coresnap.log")"
+        fi
+    fi
+    if has_tool elfcore; then
+        log "building bench/elfcore-dump"
+        if ! cargo build --release --manifest-path "$BENCH/elfcore-dump/Cargo.toml" \
+            --target-dir "$BIN/elfcore-target" > "$WORK/build-elfcore.log" 2>&1; then
+            ELFCORE_SKIP="elfcore-dump build failed: $(grep -m1 '^error' "$WORK/build-elfcore.log")"
+        fi
+    fi
+fi
+for t in sparse dense maps small; do
+    [ -x "$BIN/$t" ] || { echo "missing $BIN/$t (run without --no-build)" >&2; exit 1; }
+done
+PYTHON=$(command -v python3 || true)
+if [ -n "$PYTHON" ]; then
+    # pyenv-style shims are scripts; run the real interpreter so the pid we
+    # start is the Python process.
+    PYTHON=$("$PYTHON" -c 'import sys; print(sys.executable)')
+fi
+
+# ------------------------------------------------------- tool availability
+declare -A SKIP   # tool -> reason it is skipped for the whole run
+for tool in gcore coresnap coresnap-cow elfcore kernel stream; do
+    has_tool "$tool" || SKIP[$tool]="not selected (--tools)"
+done
+if [ -z "${SKIP[gcore]:-}" ] && ! command -v gcore > /dev/null; then
+    SKIP[gcore]="gcore not found in PATH"
+fi
+for tool in coresnap coresnap-cow stream; do
+    [ -n "${SKIP[$tool]:-}" ] && continue
+    if [ -n "$CORESNAP_SKIP" ]; then SKIP[$tool]=$CORESNAP_SKIP
+    elif [ ! -x "$CORESNAP" ]; then SKIP[$tool]="no binary at $CORESNAP"
+    fi
+done
+if [ -n "$CORESNAP_SKIP" ] || [ ! -x "$CORESNAP" ]; then
+    :
+elif ! msg=$("$CORESNAP" --help 2>&1); then
+    CORESNAP_SKIP="'coresnap --help' failed: $(printf '%s' "$msg" | grep -m1 .)"
+elif ! printf '%s' "$msg" | grep -q -- '-o'; then
+    CORESNAP_SKIP="'coresnap --help' does not document -o (said: $(printf '%s' "$msg" | grep -m1 . | cut -c1-60))"
+fi
+if [ -n "$CORESNAP_SKIP" ]; then
+    for tool in coresnap coresnap-cow stream; do
+        [ -n "${SKIP[$tool]:-}" ] || SKIP[$tool]=$CORESNAP_SKIP
+    done
+fi
+if [ -z "${SKIP[coresnap-cow]:-}" ]; then
+    # clap-style parsers reject an unknown option or value before --help.
+    if ! msg=$("$CORESNAP" --mode cow --help 2>&1); then
+        SKIP[coresnap-cow]="coresnap rejects '--mode cow': $(printf '%s' "$msg" | grep -m1 .)"
+    elif ! printf '%s' "$msg" | grep -q -- '--mode'; then
+        SKIP[coresnap-cow]="'coresnap --help' does not document --mode"
+    fi
+fi
+if [ -z "${SKIP[elfcore]:-}" ]; then
+    if [ -n "$ELFCORE_SKIP" ]; then SKIP[elfcore]=$ELFCORE_SKIP
+    elif [ ! -x "$ELFCORE" ]; then SKIP[elfcore]="no binary at $ELFCORE"
+    fi
+fi
+if [ -z "${SKIP[kernel]:-}" ]; then
+    if [ ! -w "$CORE_PATTERN_FILE" ]; then
+        SKIP[kernel]="$CORE_PATTERN_FILE is not writable (need root)"
+    elif ! (ulimit -c unlimited) 2>/dev/null; then
+        SKIP[kernel]="cannot raise ulimit -c"
+    fi
+fi
+for tool in gcore coresnap coresnap-cow elfcore kernel stream; do
+    if [ -n "${SKIP[$tool]:-}" ] && has_tool "$tool"; then
+        log "SKIP $tool: ${SKIP[$tool]}"
+    fi
+done
+if [[ ",$TARGETS," == *,python,* ]] && [ -z "$PYTHON" ]; then
+    log "SKIP target python: python3 not found"
+    TARGETS=$(printf '%s' ",$TARGETS," | sed 's/,python,/,/; s/^,//; s/,$//')
+fi
+
+# ---------------------------------------------------------------- targets
+T_PID=      # pid of the target just started
+T_REP=      # its heartbeat report file
+T_DESC=     # its READY line
+
+target_cmd() { # NAME REPORTFILE -> prints nothing, sets CMD array
+    case "$1" in
+        sparse) CMD=("$BIN/sparse" "$2" "$SPARSE_RESERVE" "$SPARSE_STRIDE" "$SPARSE_DENSE") ;;
+        dense) CMD=("$BIN/dense" "$2" "$DENSE_SIZE") ;;
+        maps) CMD=("$BIN/maps" "$2" "$MAPS_COUNT" "$MAPS_PAGES") ;;
+        small) CMD=("$BIN/small" "$2" "$SMALL_THREADS" "$SMALL_SIZE") ;;
+        python) CMD=("$PYTHON" "$BENCH/targets/pyheap.py" "$2" "$PY_SIZE") ;;
+        *) echo "unknown target $1" >&2; exit 2 ;;
+    esac
+}
+
+start_target() { # NAME CORELIMIT
+    local name=$1 corelimit=$2 n
+    T_REP=$WORK/hb.$name.$RANDOM
+    local tlog=$T_REP.log
+    target_cmd "$name" "$T_REP"
+    ( ulimit -c "$corelimit"; exec "${CMD[@]}" ) > "$tlog" 2>&1 < /dev/null &
+    T_PID=$!
+    TARGET_PIDS+=("$T_PID")
+    for ((n = 0; n < 12000; n++)); do   # up to 20 minutes (python at 1 GB)
+        if grep -q '^READY' "$tlog"; then
+            T_DESC=$(grep -m1 '^READY' "$tlog")
+            return 0
+        fi
+        if ! kill -0 "$T_PID" 2>/dev/null; then
+            echo "target $name died during setup:" >&2
+            cat "$tlog" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "target $name never became ready" >&2
+    exit 1
+}
+
+# Forget a reaped target, so the exit trap never signals a recycled pid.
+untrack_pid() { # PID
+    local p keep=()
+    for p in "${TARGET_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+    TARGET_PIDS=("${keep[@]}")
+}
+
+stop_target() { # PID
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+    untrack_pid "$1"
+}
+
+# Heartbeat protocol (see targets/heartbeat.c): delete the report file,
+# signal, wait for the file to come back.
+hb_request() { # PID REPORTFILE SIGNAL -> prints max gap in us, or "n/a"
+    local pid=$1 rep=$2 sig=$3 n
+    rm -f "$rep"
+    kill "-$sig" "$pid" 2>/dev/null || { echo n/a; return 1; }
+    for ((n = 0; n < 500; n++)); do
+        if [ -s "$rep" ]; then
+            cut -d' ' -f1 "$rep"
+            return 0
+        fi
+        sleep 0.01
+    done
+    echo n/a
+    return 1
+}
+
+# ---------------------------------------------------------------- measuring
+# One raw row per measurement:
+# target tool round status wall_s disk_bytes logical_bytes pause_us note
+printf 'target\ttool\tround\tstatus\twall_s\tdisk_bytes\tlogical_bytes\tpause_us\tnote\n' > "$RAW"
+row() { local IFS=$'\t'; printf '%s\n' "$*" >> "$RAW"; }
+
+# Run a shell command in its own process group, with a timeout; sets RC and
+# WALL (seconds). Output goes to $WORK/last.log.
+timed() { # COMMAND-STRING
+    local t0 t1
+    t0=$EPOCHREALTIME
+    setsid timeout -k 5 "$TIMEOUT" bash -o pipefail -c "$1" > "$WORK/last.log" 2>&1 < /dev/null &
+    CUR_JOB=$!
+    wait "$CUR_JOB"
+    RC=$?
+    t1=$EPOCHREALTIME
+    CUR_JOB=
+    WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+}
+
+last_error() {
+    local msg
+    msg=$(grep -v '^\s*$' "$WORK/last.log" | tail -n 2 | tr '\n\t' '  ' | cut -c1-160)
+    [ "$RC" = 124 ] && msg="timed out after ${TIMEOUT}s; $msg"
+    printf 'exit %s: %s' "$RC" "$msg"
+}
+
+is_elf_core() { # FILE: ELF magic and e_type == ET_CORE (4, little endian)
+    local hdr
+    hdr=$(od -An -tx1 -N18 "$1" 2>/dev/null | tr -d ' \n')
+    [ "${hdr:0:8}" = 7f454c46 ] && [ "${hdr:32:4}" = 0400 ]
+}
+
+# After a dump the target must run again with no tracer attached.
+target_state_note() { # PID
+    local st tr
+    st=$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+    tr=$(awk '/^TracerPid:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+    if [ -z "$st" ]; then printf 'target gone after dump; '; return; fi
+    [ "$st" = T ] || [ "$st" = t ] && printf 'target left stopped (%s); ' "$st"
+    [ "${tr:-0}" != 0 ] && printf 'tracer %s still attached; ' "$tr"
+}
+
+dump_cmd() { # TOOL PID PREFIX -> command string
+    case "$1" in
+        gcore) printf 'exec gcore -o %q %q' "$3" "$2" ;;
+        coresnap) printf 'exec %q -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        coresnap-cow) printf 'exec %q --mode cow -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        elfcore) printf 'exec %q %q %q' "$ELFCORE" "$2" "$3.$2" ;;
+    esac
+}
+
+measure_attach_tool() { # TARGET TOOL ROUND PID REPORTFILE
+    local target=$1 tool=$2 round=$3 pid=$4 rep=$5
+    local prefix=$WORK/core-$tool file pause note status disk logical
+    file=$prefix.$pid
+    rm -f "$file"
+    hb_request "$pid" "$rep" USR1 > /dev/null
+    timed "$(dump_cmd "$tool" "$pid" "$prefix")"
+    pause=$(hb_request "$pid" "$rep" USR2) || kill -CONT "$pid" 2>/dev/null
+    note=$(target_state_note "$pid")
+    disk=; logical=
+    if [ "$RC" != 0 ]; then
+        status=FAIL; note+=$(last_error)
+    elif [ ! -f "$file" ]; then
+        status=FAIL; note+="exit 0 but no file at PREFIX.PID"
+    elif ! is_elf_core "$file"; then
+        status=FAIL; note+="output is not an ELF core file"
+    else
+        status=ok
+    fi
+    if [ -f "$file" ]; then
+        disk=$(du -B1 "$file" | cut -f1)
+        logical=$(stat -c %s "$file")
+    fi
+    rm -f "$file"
+    sync
+    row "$target" "$tool" "$round" "$status" "$WALL" "$disk" "$logical" "$pause" "$note"
+    log "$target/$tool round $round: $status ${WALL}s disk=${disk:-?} size=${logical:-?} pause_us=$pause $note"
+}
+
+measure_stream() { # TARGET ROUND PID REPORTFILE KIND(pipe|devnull)
+    # pipe: the core goes through a pipe; its header is checked and its bytes
+    # counted. devnull: stdout is /dev/null (seekable, so holes may be skipped);
+    # nothing can be checked there, so it counts only if the pipe run passed.
+    local target=$1 round=$2 pid=$3 rep=$4 kind=$5 cmd pause note status logical= tool hdr
+    if [ "$kind" = devnull ]; then
+        tool="coresnap -o - (to /dev/null)"
+        cmd=$(printf 'exec %q -o - %q > /dev/null' "$CORESNAP" "$pid")
+    else
+        tool="coresnap -o - (to a pipe)"
+        cmd=$(printf '%q -o - %q | { dd bs=18 count=1 iflag=fullblock status=none of=%q; wc -c; } > %q' \
+            "$CORESNAP" "$pid" "$WORK/stream.hdr" "$WORK/stream.count")
+        STREAM_OK=0
+    fi
+    rm -f "$WORK/stream.count" "$WORK/stream.hdr"
+    hb_request "$pid" "$rep" USR1 > /dev/null
+    timed "$cmd"
+    pause=$(hb_request "$pid" "$rep" USR2) || kill -CONT "$pid" 2>/dev/null
+    note=$(target_state_note "$pid")
+    if [ "$RC" != 0 ]; then
+        status=FAIL; note+=$(last_error)
+    elif [ "$kind" = pipe ]; then
+        logical=$(( $(tr -d ' ' < "$WORK/stream.count" 2>/dev/null || echo 0) + $(stat -c %s "$WORK/stream.hdr" 2>/dev/null || echo 0) ))
+        if is_elf_core "$WORK/stream.hdr"; then
+            status=ok; STREAM_OK=1
+        else
+            status=FAIL; note+="no ELF core header on stdout ($logical bytes)"
+        fi
+    elif [ "$STREAM_OK" = 1 ]; then
+        status=ok
+    else
+        status=FAIL; note+="not counted: the pipe run of this round wrote no core"
+    fi
+    row "$target" "$tool" "$round" "$status" "$WALL" "" "$logical" "$pause" "$note"
+    log "$target/$tool round $round: $status ${WALL}s size=${logical:-?} pause_us=$pause $note"
+}
+
+measure_kernel() { # TARGET ROUND
+    local target=$1 round=$2 pid file status note= disk= logical=
+    mkdir -p "$WORK/kcore"
+    start_target "$target" unlimited
+    pid=$T_PID
+    file=$WORK/kcore/core.$pid
+    CORE_PATTERN_CHANGED=1
+    if ! printf '%s\n' "$WORK/kcore/core.%p" > "$CORE_PATTERN_FILE"; then
+        CORE_PATTERN_CHANGED=0
+        row "$target" kernel "$round" FAIL "" "" "" "" "cannot write core_pattern"
+        stop_target "$pid"
+        return
+    fi
+    local t0 t1
+    t0=$EPOCHREALTIME
+    kill -SEGV "$pid"
+    wait "$pid" 2>/dev/null
+    RC=$?
+    t1=$EPOCHREALTIME
+    untrack_pid "$pid"
+    restore_core_pattern
+    WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    if [ -f "$file" ] && is_elf_core "$file"; then
+        status=ok
+    else
+        status=FAIL; note="no core at $file (exit status $RC)"
+    fi
+    if [ -f "$file" ]; then
+        disk=$(du -B1 "$file" | cut -f1)
+        logical=$(stat -c %s "$file")
+    fi
+    rm -f "$file"
+    sync
+    row "$target" kernel "$round" "$status" "$WALL" "$disk" "$logical" "" "$note"
+    log "$target/kernel round $round: $status ${WALL}s disk=${disk:-?} size=${logical:-?} $note"
+}
+
+# ---------------------------------------------------------------- machine
+machine_info() {
+    local fs cpu mem
+    cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+    mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+    fs=$(findmnt -n -T "$WORK" -o SOURCE,FSTYPE 2>/dev/null | tr -s ' ' || df -T "$WORK" | tail -1)
+    {
+        echo "| | |"
+        echo "|---|---|"
+        echo "| CPU | $cpu ($(nproc) online CPUs$(grep -q hypervisor /proc/cpuinfo && echo ', virtual machine')) |"
+        echo "| Memory | $mem |"
+        echo "| Kernel | $(uname -sr) |"
+        echo "| Output filesystem | $fs (scratch dir under $WORKPARENT) |"
+        echo "| THP | $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null) |"
+        echo "| gdb | $(gdb --version 2>/dev/null | head -1) |"
+        echo "| coresnap | $("$CORESNAP" --version 2>/dev/null | head -1 || true) at $CORESNAP, repo $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit') |"
+        echo "| elfcore crate | $(awk '/^name = "elfcore"$/ { getline; print $3 }' "$BENCH/elfcore-dump/Cargo.lock" 2>/dev/null | tr -d '"') |"
+        echo "| rustc | $(rustc --version 2>/dev/null) |"
+        echo "| Load average at start | $(cut -d' ' -f1-3 /proc/loadavg) |"
+        echo "| Rounds | $ROUNDS (best reported), per-dump timeout ${TIMEOUT}s |"
+        echo "| Sizes | sparse $SPARSE_RESERVE reserved, 1 page per $SPARSE_STRIDE + $SPARSE_DENSE dense; dense $DENSE_SIZE; maps $MAPS_COUNT x $MAPS_PAGES pages; small $SMALL_THREADS threads $SMALL_SIZE; python $PY_SIZE |"
+    } > "$MACHINE"
+}
+machine_info
+
+# ---------------------------------------------------------------- main loop
+BASE_TOOLS=(gcore coresnap coresnap-cow elfcore)
+declare -A DESC
+IFS=, read -r -a TARGET_LIST <<< "$TARGETS"
+log "work dir $WORK; targets: ${TARGET_LIST[*]}; rounds: $ROUNDS"
+for target in "${TARGET_LIST[@]}"; do
+    log "=== target $target"
+    start_target "$target" 0
+    pid=$T_PID rep=$T_REP
+    DESC[$target]=$T_DESC
+    log "$T_DESC"
+    # Noise floor: the longest heartbeat gap over one second without a dump.
+    hb_request "$pid" "$rep" USR1 > /dev/null
+    sleep 1
+    idle=$(hb_request "$pid" "$rep" USR2)
+    row "$target" "(no dump, 1 s idle)" 0 ok "" "" "" "$idle" ""
+    for ((round = 1; round <= ROUNDS; round++)); do
+        order=("${BASE_TOOLS[@]}")
+        if ((round % 2 == 0)); then   # alternate the order between rounds
+            order=(); for ((i = ${#BASE_TOOLS[@]} - 1; i >= 0; i--)); do order+=("${BASE_TOOLS[i]}"); done
+        fi
+        for tool in "${order[@]}"; do
+            [ -n "${SKIP[$tool]:-}" ] && continue
+            measure_attach_tool "$target" "$tool" "$round" "$pid" "$rep"
+        done
+        if [ "$target" = dense ] && [ -z "${SKIP[stream]:-}" ]; then
+            measure_stream "$target" "$round" "$pid" "$rep" pipe
+            measure_stream "$target" "$round" "$pid" "$rep" devnull
+        fi
+    done
+    stop_target "$pid"
+    if [ -z "${SKIP[kernel]:-}" ]; then
+        for ((round = 1; round <= ROUNDS; round++)); do
+            measure_kernel "$target" "$round"
+        done
+    fi
+done
+
+# ---------------------------------------------------------------- report
+echo "| Load average at end | $(cut -d' ' -f1-3 /proc/loadavg) |" >> "$MACHINE"
+{
+    for tool in gcore coresnap coresnap-cow elfcore kernel stream; do
+        if [ -n "${SKIP[$tool]:-}" ] && has_tool "$tool"; then
+            printf '%s\t%s\n' "$tool" "${SKIP[$tool]}"
+        fi
+    done
+} > "$WORK/skipped.tsv"
+{
+    for t in "${!DESC[@]}"; do printf '%s\t%s\n' "$t" "${DESC[$t]}"; done
+} > "$WORK/targets.tsv"
+"${PYTHON:-python3}" "$BENCH/report.py" --raw "$RAW" --machine "$MACHINE" \
+    --skipped "$WORK/skipped.tsv" --targets "$WORK/targets.tsv" > "$OUT" || exit 1
+cat "$OUT"
+log "report: $OUT (raw rows: $RAW)"

@@ -92,20 +92,3 @@ pub fn get_regset(tid: i32, note_type: u32, buf: &mut [u8]) -> Result<usize, Err
     };
     if rc < 0 { Err(Errno::last()) } else { Ok(iov.iov_len) }
 }
-
-/// The signal information a stopped tracee holds (`PTRACE_GETSIGINFO`), as
-/// the raw 128-byte `siginfo_t`.
-pub fn get_siginfo(tid: i32) -> Result<[u8; 128], Errno> {
-    let mut raw = [0u8; 128];
-    // SAFETY: the kernel writes exactly sizeof(siginfo_t) = 128 bytes to the
-    // data pointer, and `raw` is 128 writable bytes.
-    let rc = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETSIGINFO,
-            tid as libc::pid_t,
-            std::ptr::null_mut::<libc::c_void>(),
-            raw.as_mut_ptr() as *mut libc::c_void,
-        )
-    };
-    if rc < 0 { Err(Errno::last()) } else { Ok(raw) }
-}

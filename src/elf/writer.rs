@@ -53,9 +53,7 @@ struct Copy {
 /// Computes the layout for `snapshot` with `extra` notes appended.
 pub fn plan(snapshot: &Snapshot, extra: Vec<Note>) -> (Vec<u8>, Vec<SegmentSpec>, CoreLayout) {
     let notes = encode_notes(&core_notes(snapshot, extra));
-    let segments: Vec<SegmentSpec> = snapshot
-        .regions
-        .iter()
+    let segments: Vec<SegmentSpec> = listed(snapshot)
         .map(|r| SegmentSpec {
             vaddr: r.mapping.start,
             memsz: r.mapping.len(),
@@ -69,11 +67,16 @@ pub fn plan(snapshot: &Snapshot, extra: Vec<Note>) -> (Vec<u8>, Vec<SegmentSpec>
     (notes, segments, layout)
 }
 
+/// The regions that get a PT_LOAD, in address order.
+fn listed(snapshot: &Snapshot) -> impl Iterator<Item = &crate::snapshot::Region> {
+    snapshot.regions.iter().filter(|r| r.listed_in_core())
+}
+
 /// The reads that fill the segments: whole dumped ranges, or only the
 /// populated parts of private anonymous memory.
 fn copies(snapshot: &Snapshot, layout: &CoreLayout) -> Vec<Copy> {
     let mut out = Vec::new();
-    for (region, &offset) in snapshot.regions.iter().zip(&layout.segment_offsets) {
+    for (region, &offset) in listed(snapshot).zip(&layout.segment_offsets) {
         let start = region.mapping.start;
         let end = start + region.dumped_len();
         if end == start {

@@ -48,6 +48,22 @@ impl Region {
         self.decision.dumped_len(&self.mapping)
     }
 
+    /// Whether the core has a PT_LOAD for this mapping. Memory whose bytes
+    /// are not in the core and are not zeros (MADV_DONTDUMP, filtered out,
+    /// unreadable kernel or device pages) gets none, so that a debugger says
+    /// it cannot access it instead of showing zeros. File mappings stay
+    /// listed when the file is still there (debuggers read them from it,
+    /// which is what they hold unless written), and so does private memory that was never written,
+    /// whose zeros are the truth.
+    pub fn listed_in_core(&self) -> bool {
+        match self.decision {
+            Decision::Whole | Decision::ElfHeaderPage => true,
+            Decision::Skipped { reason: SkipReason::NeverWritten } => true,
+            Decision::Skipped { reason: SkipReason::Filtered { .. } } => self.mapping.is_file() && !self.mapping.is_deleted_file(),
+            Decision::Skipped { .. } => false,
+        }
+    }
+
     /// Private anonymous memory: the only kind where a page that was never
     /// populated is known to read as zeros.
     pub fn is_private_anonymous(&self) -> bool {

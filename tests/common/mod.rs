@@ -106,7 +106,9 @@ fn kill_group_and_reap(child: &mut Child) {
         libc::kill(-pgid, libc::SIGKILL);
     }
     let _ = child.kill();
-    let reaped = wait_until(Duration::from_secs(10), || matches!(child.try_wait(), Ok(Some(_))));
+    let reaped = wait_until(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
     if !reaped {
         eprintln!("warning: could not reap pid {pgid} within 10 s after SIGKILL");
     }
@@ -126,14 +128,18 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration, merge: bool) -> Cm
         let (reader, writer) = std::io::pipe().expect("pipe");
         let writer2 = writer.try_clone().expect("dup pipe");
         cmd.stdout(writer).stderr(writer2);
-        child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
         // Drop our copies of the write end so that the reader sees EOF.
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         out_rx = spawn_reader(reader);
         err_rx = None;
     } else {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
         out_rx = spawn_reader(child.stdout.take().unwrap());
         err_rx = Some(spawn_reader(child.stderr.take().unwrap()));
     }
@@ -146,7 +152,9 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration, merge: bool) -> Cm
         }
         if Instant::now() >= deadline {
             kill_group_and_reap(&mut child);
-            let out = out_rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+            let out = out_rx
+                .recv_timeout(Duration::from_secs(2))
+                .unwrap_or_default();
             let err = err_rx
                 .as_ref()
                 .and_then(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
@@ -168,7 +176,11 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration, merge: bool) -> Cm
     };
     let stdout = collect(&out_rx);
     let stderr = err_rx.as_ref().map(collect).unwrap_or_default();
-    CmdOutput { status, stdout, stderr }
+    CmdOutput {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// True if `program` can be started (used to skip tests whose tool is absent).
@@ -180,7 +192,9 @@ pub fn have_program(program: &str, version_arg: &str) -> bool {
         .stderr(Stdio::null());
     match cmd.spawn() {
         Ok(mut child) => {
-            let done = wait_until(Duration::from_secs(30), || matches!(child.try_wait(), Ok(Some(_))));
+            let done = wait_until(Duration::from_secs(30), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            });
             if !done {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -239,6 +253,10 @@ pub enum Program {
     Regs,
     /// `memory.c` as a PIE.
     Memory,
+    /// `sparse.c` as a PIE.
+    Sparse,
+    /// `many_maps.c` as a PIE.
+    ManyMaps,
 }
 
 impl Program {
@@ -248,6 +266,8 @@ impl Program {
             Program::ThreadsStatic => "threads-static",
             Program::Regs => "regs",
             Program::Memory => "memory",
+            Program::Sparse => "sparse",
+            Program::ManyMaps => "many_maps",
         }
     }
     fn source(self) -> &'static str {
@@ -255,6 +275,8 @@ impl Program {
             Program::Threads | Program::ThreadsStatic => "threads.c",
             Program::Regs => "regs.c",
             Program::Memory => "memory.c",
+            Program::Sparse => "sparse.c",
+            Program::ManyMaps => "many_maps.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {
@@ -368,7 +390,11 @@ impl Target {
             }
         };
         let mut words = line.split_whitespace();
-        assert_eq!(words.next(), Some("ready"), "unexpected first line from target: {line:?}");
+        assert_eq!(
+            words.next(),
+            Some("ready"),
+            "unexpected first line from target: {line:?}"
+        );
         for w in words {
             let (k, v) = w
                 .split_once('=')
@@ -377,7 +403,12 @@ impl Target {
         }
         t.ready_line = line;
         if let Some(p) = t.ready.get("pid") {
-            assert_eq!(p.parse::<i32>().ok(), Some(pid), "ready line pid mismatch: {}", t.ready_line);
+            assert_eq!(
+                p.parse::<i32>().ok(),
+                Some(pid),
+                "ready line pid mismatch: {}",
+                t.ready_line
+            );
         }
         t
     }
@@ -390,7 +421,8 @@ impl Target {
     /// A decimal value (tid, length) from the ready line.
     pub fn num(&self, key: &str) -> i64 {
         let v = self.get(key);
-        v.parse().unwrap_or_else(|_| panic!("{key}={v} is not a decimal number"))
+        v.parse()
+            .unwrap_or_else(|_| panic!("{key}={v} is not a decimal number"))
     }
     /// A hex address (`0x...`) from the ready line.
     pub fn addr(&self, key: &str) -> u64 {
@@ -402,13 +434,23 @@ impl Target {
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: plain syscall.
         let r = unsafe { libc::kill(self.pid, sig) };
-        assert_eq!(r, 0, "kill({}, {sig}) failed: {}", self.pid, std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "kill({}, {sig}) failed: {}",
+            self.pid,
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Panics if the target has exited.
     pub fn assert_alive(&mut self) {
         if let Ok(Some(st)) = self.child.try_wait() {
-            panic!("target {} (pid {}) exited: {st}", self.exe.display(), self.pid);
+            panic!(
+                "target {} (pid {}) exited: {st}",
+                self.exe.display(),
+                self.pid
+            );
         }
     }
 }
@@ -420,7 +462,10 @@ impl Drop for Target {
             matches!(self.child.try_wait(), Ok(Some(_)) | Err(_))
         });
         if !reaped {
-            eprintln!("warning: target pid {} not reaped within 10 s of SIGKILL", self.pid);
+            eprintln!(
+                "warning: target pid {} not reaped within 10 s of SIGKILL",
+                self.pid
+            );
         }
     }
 }
@@ -464,12 +509,19 @@ pub fn task_status(pid: i32, tid: i32) -> Option<TaskStatus> {
             tracer = v.trim().parse().ok();
         }
     }
-    Some(TaskStatus { tid, state: state?, tracer: tracer? })
+    Some(TaskStatus {
+        tid,
+        state: state?,
+        tracer: tracer?,
+    })
 }
 
 /// Status of every thread of `pid`.
 pub fn all_task_status(pid: i32) -> Vec<TaskStatus> {
-    thread_ids(pid).into_iter().filter_map(|t| task_status(pid, t)).collect()
+    thread_ids(pid)
+        .into_iter()
+        .filter_map(|t| task_status(pid, t))
+        .collect()
 }
 
 /// Status of the process as a whole (/proc/PID/status).
@@ -498,7 +550,11 @@ pub fn assert_running_untraced(pid: i32) {
                 .iter()
                 .all(|s| !matches!(s.state, 'T' | 't' | 'Z' | 'X' | 'x') && s.tracer == 0)
     });
-    assert!(ok, "pid {pid} is not running and untraced: {}", describe_status(&last));
+    assert!(
+        ok,
+        "pid {pid} is not running and untraced: {}",
+        describe_status(&last)
+    );
 }
 
 /// Asserts that every thread of `pid` is in group stop (`T`) with no tracer.
@@ -508,7 +564,11 @@ pub fn assert_stopped_untraced(pid: i32) {
         last = all_task_status(pid);
         !last.is_empty() && last.iter().all(|s| s.state == 'T' && s.tracer == 0)
     });
-    assert!(ok, "pid {pid} is not stopped (T) and untraced: {}", describe_status(&last));
+    assert!(
+        ok,
+        "pid {pid} is not stopped (T) and untraced: {}",
+        describe_status(&last)
+    );
 }
 
 /// Waits until every thread of `pid` except those in `except` is sleeping
@@ -522,7 +582,11 @@ pub fn wait_threads_sleeping(pid: i32, except: &[i32]) {
                 .iter()
                 .all(|s| except.contains(&s.tid) || (s.state == 'S' && s.tracer == 0))
     });
-    assert!(ok, "threads of pid {pid} did not all go to sleep: {}", describe_status(&last));
+    assert!(
+        ok,
+        "threads of pid {pid} did not all go to sleep: {}",
+        describe_status(&last)
+    );
 }
 
 /// Sends SIGSTOP and waits until every thread is in group stop.
@@ -534,8 +598,11 @@ pub fn stop_target(t: &Target) {
 /// Writes /proc/PID/coredump_filter (e.g. 0x33, the kernel default), so that
 /// the test does not depend on what the test runner inherited.
 pub fn set_coredump_filter(pid: i32, value: u32) {
-    fs::write(format!("/proc/{pid}/coredump_filter"), format!("0x{value:x}"))
-        .unwrap_or_else(|e| panic!("writing /proc/{pid}/coredump_filter: {e}"));
+    fs::write(
+        format!("/proc/{pid}/coredump_filter"),
+        format!("0x{value:x}"),
+    )
+    .unwrap_or_else(|e| panic!("writing /proc/{pid}/coredump_filter: {e}"));
 }
 
 // ---------------------------------------------------------------------------
@@ -575,15 +642,23 @@ impl Dumper {
 pub fn dump(dumper: Dumper, pid: i32, dir: &Path, extra_args: &[&str]) -> PathBuf {
     let prefix = dir.join(format!("{}-{}", dumper.name(), unique()));
     let mut cmd = Command::new(dumper.program());
-    cmd.args(extra_args).arg("-o").arg(&prefix).arg(pid.to_string());
+    cmd.args(extra_args)
+        .arg("-o")
+        .arg(&prefix)
+        .arg(pid.to_string());
     let what = describe_cmd(&cmd);
     let res = run_with_timeout(&mut cmd, DUMP_TIMEOUT, false);
     assert!(res.success(), "{what} failed:\n{}", res.describe());
     let mut core = prefix.into_os_string();
     core.push(format!(".{pid}"));
     let core = PathBuf::from(core);
-    let meta = fs::metadata(&core)
-        .unwrap_or_else(|e| panic!("{what} succeeded but {} is missing ({e}):\n{}", core.display(), res.describe()));
+    let meta = fs::metadata(&core).unwrap_or_else(|e| {
+        panic!(
+            "{what} succeeded but {} is missing ({e}):\n{}",
+            core.display(),
+            res.describe()
+        )
+    });
     assert!(meta.len() > 0, "{} is empty", core.display());
     core
 }
@@ -662,7 +737,8 @@ pub fn run_gdb(exe: &Path, core: &Path, commands: &[&str]) -> String {
 /// `echo` markers), plus the preamble gdb printed when loading the core.
 pub fn run_gdb_split(exe: &Path, core: &Path, commands: &[&str]) -> (String, Vec<String>) {
     let mut cmd = gdb_base();
-    cmd.arg("-ex").arg(format!("echo {SECTION_MARK} preamble-end\\n"));
+    cmd.arg("-ex")
+        .arg(format!("echo {SECTION_MARK} preamble-end\\n"));
     add_commands(&mut cmd, commands, true);
     cmd.arg(exe).arg(core);
     let what = describe_cmd(&cmd);
@@ -728,7 +804,11 @@ fn split_target_id(s: &str) -> Option<(String, i32, String)> {
     // Live gdb shows the thread name in quotes after the id; cores have none.
     let mut rest = rest.trim_start();
     if let Some(r) = rest.strip_prefix('"') {
-        rest = r.split_once('"').map(|(_, after)| after).unwrap_or("").trim_start();
+        rest = r
+            .split_once('"')
+            .map(|(_, after)| after)
+            .unwrap_or("")
+            .trim_start();
     }
     Some((id, lwp, rest.to_string()))
 }
@@ -747,9 +827,19 @@ pub fn parse_info_threads(text: &str) -> Vec<ThreadRow> {
         if end == 0 {
             continue;
         }
-        let Ok(num) = l[..end].parse::<u32>() else { continue };
-        let Some((target_id, lwp, frame)) = split_target_id(&l[end..]) else { continue };
-        rows.push(ThreadRow { num, current, lwp, target_id, frame });
+        let Ok(num) = l[..end].parse::<u32>() else {
+            continue;
+        };
+        let Some((target_id, lwp, frame)) = split_target_id(&l[end..]) else {
+            continue;
+        };
+        rows.push(ThreadRow {
+            num,
+            current,
+            lwp,
+            target_id,
+            frame,
+        });
     }
     rows
 }
@@ -770,7 +860,9 @@ pub fn parse_thread_apply(text: &str) -> Vec<ThreadBlock> {
     let mut blocks: Vec<ThreadBlock> = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("Thread ") {
-            let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if end > 0 && rest[end..].starts_with(" (") && line.ends_with("):") {
                 let num: u32 = rest[..end].parse().unwrap();
                 let inner = &rest[end + 2..rest.len() - 2];
@@ -810,7 +902,9 @@ pub fn normalize_thread_apply(text: &str) -> String {
 pub fn bt_functions(body: &str) -> Vec<String> {
     let mut v = Vec::new();
     for line in body.lines() {
-        let Some(rest) = line.strip_prefix('#') else { continue };
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
         let mut words = rest.split_whitespace();
         let _idx = words.next();
         let Some(mut w) = words.next() else { continue };
@@ -829,7 +923,10 @@ pub fn bt_functions(body: &str) -> Vec<String> {
 
 /// The frame lines of a gdb backtrace, as printed.
 pub fn bt_frame_lines(body: &str) -> Vec<String> {
-    body.lines().filter(|l| l.starts_with('#')).map(str::to_string).collect()
+    body.lines()
+        .filter(|l| l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Parses `info registers` lines ("name   0x...   natural") into name -> raw
@@ -838,7 +935,9 @@ pub fn parse_registers(text: &str) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for line in text.lines() {
         let mut w = line.split_whitespace();
-        let (Some(name), Some(val)) = (w.next(), w.next()) else { continue };
+        let (Some(name), Some(val)) = (w.next(), w.next()) else {
+            continue;
+        };
         if val.starts_with("0x") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             m.insert(name.to_string(), val.to_string());
         }
@@ -851,7 +950,9 @@ pub fn parse_registers(text: &str) -> BTreeMap<String, String> {
 pub fn parse_print_vectors(text: &str) -> Vec<Vec<u64>> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some((lhs, rhs)) = line.split_once(" = ") else { continue };
+        let Some((lhs, rhs)) = line.split_once(" = ") else {
+            continue;
+        };
         if !lhs.trim_start().starts_with('$') {
             continue;
         }
@@ -871,7 +972,9 @@ pub fn parse_x_words(text: &str) -> Result<Vec<u64>, String> {
     }
     let mut words = Vec::new();
     for line in text.lines() {
-        let Some((addr, rest)) = line.split_once(':') else { continue };
+        let Some((addr, rest)) = line.split_once(':') else {
+            continue;
+        };
         if !addr.trim_start().starts_with("0x") {
             continue;
         }
@@ -956,7 +1059,12 @@ pub fn start_threads_target(prog: Program) -> Target {
     let t = Target::spawn(&build(prog), &[]);
     let mut tids: Vec<i32> = THREAD_CHAINS.iter().map(|(k, _)| t.num(k) as i32).collect();
     tids.sort_unstable();
-    assert_eq!(thread_ids(t.pid), tids, "thread list vs ready line {}", t.ready_line);
+    assert_eq!(
+        thread_ids(t.pid),
+        tids,
+        "thread list vs ready line {}",
+        t.ready_line
+    );
     wait_threads_sleeping(t.pid, &[]);
     t
 }

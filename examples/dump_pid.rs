@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pid: i32 = args.next().ok_or("usage: dump_pid PID [PATH]")?.parse()?;
     let path = args.next().unwrap_or_else(|| format!("core.{pid}"));
 
-    let options = DumpOptions { overwrite: true, ..DumpOptions::default() };
+    let options = DumpOptions {
+        overwrite: true,
+        ..DumpOptions::default()
+    };
     let report = dump_to_path(pid, path.as_ref(), &options)?;
     println!(
         "{path}: {} threads, {} of {} mappings, {} bytes ({} on disk), target paused {:?}",
@@ -21,13 +24,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.pause
     );
     for range in &report.unreadable {
-        println!("unreadable: {:#x}+{:#x} (errno {})", range.start, range.len, range.errno);
+        println!(
+            "unreadable: {:#x}+{:#x} (errno {})",
+            range.start, range.len, range.errno
+        );
     }
 
     // Any `Write` works too: here a Vec, elsewhere a socket or a pipe.
     let mut buffer = Vec::new();
     let report = dump_to_writer(pid, &mut buffer, &DumpOptions::default())?;
     assert_eq!(buffer.len() as u64, report.core_len);
-    println!("in memory: {} bytes, starting with {:?}", buffer.len(), &buffer[..4]);
+    println!(
+        "in memory: {} bytes, starting with {:?}",
+        buffer.len(),
+        &buffer[..4]
+    );
     Ok(())
 }

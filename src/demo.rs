@@ -24,7 +24,9 @@ fn find_target() -> Option<PathBuf> {
     let dir = exe.parent()?;
     // `cargo run` puts both binaries side by side; `cargo test` runs us from
     // target/<profile>/, examples from target/<profile>/examples/.
-    [dir.join(TARGET_NAME), dir.parent()?.join(TARGET_NAME)].into_iter().find(|p| p.is_file())
+    [dir.join(TARGET_NAME), dir.parent()?.join(TARGET_NAME)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 pub fn run(cancel: &CancelToken) -> ExitCode {
@@ -54,12 +56,25 @@ fn run_demo(cancel: &CancelToken) -> Result<(), String> {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let ready = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| "the demo program did not start within 10 s".to_string())?;
-    println!("demo program {} is running as pid {pid}: {}", target.display(), ready.trim());
+    let ready = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "the demo program did not start within 10 s".to_string())?;
+    println!(
+        "demo program {} is running as pid {pid}: {}",
+        target.display(),
+        ready.trim()
+    );
 
-    let dir = tempfile::Builder::new().prefix("coresnap-demo-").tempdir().map_err(|e| format!("cannot create a directory: {e}"))?.keep();
+    let dir = tempfile::Builder::new()
+        .prefix("coresnap-demo-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a directory: {e}"))?
+        .keep();
     let core = dir.join(format!("core.{pid}"));
-    let options = DumpOptions { cancel: cancel.clone(), ..DumpOptions::default() };
+    let options = DumpOptions {
+        cancel: cancel.clone(),
+        ..DumpOptions::default()
+    };
     let report = coresnap::dump_to_path(pid, &core, &options).map_err(|e| e.to_string())?;
     println!(
         "wrote {} ({} on disk, {} logical): {} threads, {} mappings dumped, demo paused {:.1} ms",
@@ -70,22 +85,40 @@ fn run_demo(cancel: &CancelToken) -> Result<(), String> {
         report.mappings_dumped,
         report.pause.as_secs_f64() * 1000.0
     );
-    println!("open it with:\n  gdb {} {}", target.display(), core.display());
+    println!(
+        "open it with:\n  gdb {} {}",
+        target.display(),
+        core.display()
+    );
 
     let gdb = Command::new("gdb")
-        .args(["-nx", "-batch", "-ex", "info threads", "-ex", "thread apply all bt"])
+        .args([
+            "-nx",
+            "-batch",
+            "-ex",
+            "info threads",
+            "-ex",
+            "thread apply all bt",
+        ])
         .arg(&target)
         .arg(&core)
         .stdin(Stdio::null())
         .output();
     match gdb {
         Ok(out) => {
-            println!("\n$ gdb -nx -batch -ex 'info threads' -ex 'thread apply all bt' {} {}", target.display(), core.display());
+            println!(
+                "\n$ gdb -nx -batch -ex 'info threads' -ex 'thread apply all bt' {} {}",
+                target.display(),
+                core.display()
+            );
             print!("{}", String::from_utf8_lossy(&out.stdout));
         }
         Err(_) => println!("(gdb is not installed, so the backtraces are not shown here)"),
     }
     drop(demo);
-    println!("\nthe demo program has been stopped; the core stays in {}", dir.display());
+    println!(
+        "\nthe demo program has been stopped; the core stays in {}",
+        dir.display()
+    );
     Ok(())
 }

@@ -7,4 +7,6 @@ pub mod x86_64;
 pub use x86_64::*;
 
 #[cfg(not(target_arch = "x86_64"))]
-compile_error!("coresnap captures registers on x86-64 only so far; add src/arch/<arch>/ for this target");
+compile_error!(
+    "coresnap captures registers on x86-64 only so far; add src/arch/<arch>/ for this target"
+);

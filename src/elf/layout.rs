@@ -138,7 +138,12 @@ pub fn plan(machine: u16, notes_len: u64, segments: &[SegmentSpec]) -> CoreLayou
         headers.extend_from_slice(bytes_of(&shdr));
     }
     debug_assert_eq!(headers.len() as u64, notes_offset);
-    CoreLayout { headers, notes_offset, segment_offsets, total_len }
+    CoreLayout {
+        headers,
+        notes_offset,
+        segment_offsets,
+        total_len,
+    }
 }
 
 #[cfg(test)]
@@ -175,7 +180,11 @@ mod tests {
     #[test]
     fn small_layout_reads_back() {
         let specs = segments(5);
-        let notes = crate::elf::notes::encode_notes(&[crate::elf::notes::Note::new(b"CORE", 6, vec![7; 16])]);
+        let notes = crate::elf::notes::encode_notes(&[crate::elf::notes::Note::new(
+            b"CORE",
+            6,
+            vec![7; 16],
+        )]);
         let file = build_file(&specs, &notes);
         // The header-level reader: a core has no section string table, which
         // object's whole-file reader insists on.
@@ -196,7 +205,10 @@ mod tests {
     /// 70000 segments must read back with `object`'s reader.
     #[test]
     fn pn_xnum_with_70000_segments() {
-        let specs: Vec<SegmentSpec> = segments(70_000).into_iter().map(|s| SegmentSpec { filesz: 0, ..s }).collect();
+        let specs: Vec<SegmentSpec> = segments(70_000)
+            .into_iter()
+            .map(|s| SegmentSpec { filesz: 0, ..s })
+            .collect();
         let file = build_file(&specs, &[]);
         assert_eq!(u16::from_le_bytes([file[56], file[57]]), elf::PN_XNUM);
         let header = FileHeader64::<LE>::parse(&file[..]).unwrap();

@@ -68,10 +68,22 @@ pub fn encode_notes(notes: &[Note]) -> Vec<u8> {
 pub fn core_notes(snapshot: &Snapshot, extra: Vec<Note>) -> Vec<Note> {
     let mut notes = Vec::new();
     for (index, thread) in snapshot.threads.iter().enumerate() {
-        notes.push(Note::new(NAME_CORE, NT_PRSTATUS, prstatus(&snapshot.process, thread)));
+        notes.push(Note::new(
+            NAME_CORE,
+            NT_PRSTATUS,
+            prstatus(&snapshot.process, thread),
+        ));
         if index == 0 {
-            notes.push(Note::new(NAME_CORE, NT_PRPSINFO, prpsinfo(&snapshot.process)));
-            notes.push(Note::new(NAME_CORE, NT_SIGINFO, thread.siginfo.map_or(vec![0; SIGINFO_LEN], |s| s.to_vec())));
+            notes.push(Note::new(
+                NAME_CORE,
+                NT_PRPSINFO,
+                prpsinfo(&snapshot.process),
+            ));
+            notes.push(Note::new(
+                NAME_CORE,
+                NT_SIGINFO,
+                thread.siginfo.map_or(vec![0; SIGINFO_LEN], |s| s.to_vec()),
+            ));
             notes.push(Note::new(NAME_CORE, NT_AUXV, snapshot.auxv.clone()));
             notes.push(Note::new(NAME_CORE, NT_FILE, file_note(snapshot)));
         }
@@ -140,7 +152,10 @@ pub fn prpsinfo(process: &ProcessInfo) -> Vec<u8> {
     // The kernel keeps the first 80 bytes of the argument area with NULs
     // turned into spaces, always NUL-terminated.
     let mut psargs = [0u8; 80];
-    let args = process.cmdline.strip_suffix(b"\0").unwrap_or(&process.cmdline);
+    let args = process
+        .cmdline
+        .strip_suffix(b"\0")
+        .unwrap_or(&process.cmdline);
     for (dst, &src) in psargs.iter_mut().zip(args.iter().take(79)) {
         *dst = if src == 0 { b' ' } else { src };
     }
@@ -152,7 +167,12 @@ pub fn prpsinfo(process: &ProcessInfo) -> Vec<u8> {
 /// as the kernel writes them.
 pub fn file_note(snapshot: &Snapshot) -> Vec<u8> {
     const PAGE: u64 = 4096;
-    let files: Vec<_> = snapshot.regions.iter().map(|r| &r.mapping).filter(|m| m.is_file()).collect();
+    let files: Vec<_> = snapshot
+        .regions
+        .iter()
+        .map(|r| &r.mapping)
+        .filter(|m| m.is_file())
+        .collect();
     let mut out = Vec::new();
     out.extend_from_slice(&(files.len() as u64).to_le_bytes());
     out.extend_from_slice(&PAGE.to_le_bytes());

@@ -82,11 +82,18 @@ fn copies(snapshot: &Snapshot, layout: &CoreLayout) -> Vec<Copy> {
         if end == start {
             continue;
         }
-        let ranges = region.populated.clone().unwrap_or_else(|| vec![(start, end)]);
+        let ranges = region
+            .populated
+            .clone()
+            .unwrap_or_else(|| vec![(start, end)]);
         for (from, to) in ranges {
             let (from, to) = (from.max(start), to.min(end));
             if from < to {
-                out.push(Copy { addr: from, len: to - from, file_offset: offset + (from - start) });
+                out.push(Copy {
+                    addr: from,
+                    len: to - from,
+                    file_offset: offset + (from - start),
+                });
             }
         }
     }
@@ -108,13 +115,18 @@ pub fn write_core(
     sink.write_at(layout.notes_offset, &notes)?;
     let copies = copies(snapshot, &layout);
     let to_read: u64 = copies.iter().map(|c| c.len).sum();
-    let mut stats = WriteStats { total_len: layout.total_len, ..WriteStats::default() };
+    let mut stats = WriteStats {
+        total_len: layout.total_len,
+        ..WriteStats::default()
+    };
 
     std::thread::scope(|scope| -> Result<(), WriteError> {
         let (full_tx, full_rx) = mpsc::sync_channel::<Result<Filled, MemoryError>>(BUFFERS);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         for _ in 0..BUFFERS {
-            free_tx.send(Vec::with_capacity(CHUNK_LEN)).expect("receiver alive");
+            free_tx
+                .send(Vec::with_capacity(CHUNK_LEN))
+                .expect("receiver alive");
         }
         let copies = &copies;
         scope.spawn(move || {
@@ -127,7 +139,11 @@ pub fn write_core(
                     let mut unreadable = Vec::new();
                     let result = memory
                         .read(copy.addr + done, &mut buf, &mut unreadable)
-                        .map(|()| Filled { file_offset: copy.file_offset + done, buf, unreadable });
+                        .map(|()| Filled {
+                            file_offset: copy.file_offset + done,
+                            buf,
+                            unreadable,
+                        });
                     let failed = result.is_err();
                     if full_tx.send(result).is_err() || failed {
                         return;
@@ -192,8 +208,14 @@ fn write_nonzero_pages(sink: &mut dyn Sink, file_offset: u64, data: &[u8]) -> st
 fn is_zero(bytes: &[u8]) -> bool {
     let (head, words, tail) = {
         let mut chunks = bytes.chunks_exact(8);
-        let words = chunks.by_ref().fold(0u64, |acc, c| acc | u64::from_ne_bytes(c.try_into().expect("8 bytes")));
-        (0u8, words, chunks.remainder().iter().fold(0u8, |a, &b| a | b))
+        let words = chunks.by_ref().fold(0u64, |acc, c| {
+            acc | u64::from_ne_bytes(c.try_into().expect("8 bytes"))
+        });
+        (
+            0u8,
+            words,
+            chunks.remainder().iter().fold(0u8, |a, &b| a | b),
+        )
     };
     head == 0 && words == 0 && tail == 0
 }

@@ -80,13 +80,21 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<Mapping>, MapsError> {
         }
         let line_no = index + 1;
         if is_mapping_header(line) {
-            mappings.push(parse_header(line).map_err(|what| MapsError::Malformed { line: line_no, what })?);
+            mappings.push(parse_header(line).map_err(|what| MapsError::Malformed {
+                line: line_no,
+                what,
+            })?);
             continue;
         }
         let Some(current) = mappings.last_mut() else {
-            return Err(MapsError::Malformed { line: line_no, what: "field before any mapping" });
+            return Err(MapsError::Malformed {
+                line: line_no,
+                what: "field before any mapping",
+            });
         };
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         let (key, value) = (&line[..colon], &line[colon + 1..]);
         match key {
             b"Anonymous" => current.anonymous_kb = parse_kb(value),
@@ -122,14 +130,21 @@ fn parse_header(line: &[u8]) -> Result<Mapping, &'static str> {
         let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
         let (word, tail) = rest.split_at(end);
         rest = tail;
-        if word.is_empty() { Err("missing field") } else { Ok(word) }
+        if word.is_empty() {
+            Err("missing field")
+        } else {
+            Ok(word)
+        }
     };
     let range = field()?;
     let perms = field()?;
     let offset = field()?;
     let device = field()?;
     let inode = field()?;
-    let dash = range.iter().position(|&b| b == b'-').ok_or("no '-' in address range")?;
+    let dash = range
+        .iter()
+        .position(|&b| b == b'-')
+        .ok_or("no '-' in address range")?;
     let start = hex(&range[..dash]).ok_or("bad start address")?;
     let end = hex(&range[dash + 1..]).ok_or("bad end address")?;
     if end < start || perms.len() != 4 {
@@ -138,7 +153,10 @@ fn parse_header(line: &[u8]) -> Result<Mapping, &'static str> {
     let colon = device.iter().position(|&b| b == b':').ok_or("bad device")?;
     let major = hex(&device[..colon]).ok_or("bad device major")? as u32;
     let minor = hex(&device[colon + 1..]).ok_or("bad device minor")? as u32;
-    let inode = std::str::from_utf8(inode).ok().and_then(|s| s.parse().ok()).ok_or("bad inode")?;
+    let inode = std::str::from_utf8(inode)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad inode")?;
     // The name is the rest of the line after the padding, spaces and all.
     let name_start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
     Ok(Mapping {

@@ -39,13 +39,19 @@ pub struct MemoryReader {
 
 impl MemoryReader {
     pub fn open(pid: i32) -> Result<MemoryReader, MemoryError> {
-        let mem = File::open(format!("/proc/{pid}/mem")).map_err(|source| MemoryError::Open { pid, source })?;
+        let mem = File::open(format!("/proc/{pid}/mem"))
+            .map_err(|source| MemoryError::Open { pid, source })?;
         Ok(MemoryReader { pid, mem })
     }
 
     /// Fills `buf` with the bytes at `addr`. Pages that cannot be read are
     /// zeroed and appended to `unreadable` (adjacent ones merged).
-    pub fn read(&self, addr: u64, buf: &mut [u8], unreadable: &mut Vec<Unreadable>) -> Result<(), MemoryError> {
+    pub fn read(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
         let mut done = 0usize;
         while done < buf.len() {
             let here = addr + done as u64;
@@ -62,7 +68,14 @@ impl MemoryReader {
             let chunk = &mut buf[done..done + len];
             if let Err(errno) = self.read_proc_mem(here, chunk) {
                 chunk.fill(0);
-                record(unreadable, Unreadable { start: here, len: len as u64, errno: errno as i32 });
+                record(
+                    unreadable,
+                    Unreadable {
+                        start: here,
+                        len: len as u64,
+                        errno: errno as i32,
+                    },
+                );
             }
             done += len;
         }
@@ -72,8 +85,15 @@ impl MemoryReader {
     /// Reads as much as `process_vm_readv` gives from the start of `buf`.
     fn read_vm(&self, addr: u64, buf: &mut [u8]) -> Result<usize, MemoryError> {
         let len = buf.len();
-        let remote = [RemoteIoVec { base: addr as usize, len }];
-        match process_vm_readv(Pid::from_raw(self.pid), &mut [IoSliceMut::new(buf)], &remote) {
+        let remote = [RemoteIoVec {
+            base: addr as usize,
+            len,
+        }];
+        match process_vm_readv(
+            Pid::from_raw(self.pid),
+            &mut [IoSliceMut::new(buf)],
+            &remote,
+        ) {
             Ok(n) => Ok(n),
             Err(Errno::ESRCH) => Err(MemoryError::ProcessGone { pid: self.pid }),
             Err(_) => Ok(0),
@@ -95,7 +115,9 @@ impl MemoryReader {
 
 fn record(list: &mut Vec<Unreadable>, range: Unreadable) {
     match list.last_mut() {
-        Some(last) if last.start + last.len == range.start && last.errno == range.errno => last.len += range.len,
+        Some(last) if last.start + last.len == range.start && last.errno == range.errno => {
+            last.len += range.len
+        }
         _ => list.push(range),
     }
 }
@@ -112,14 +134,28 @@ mod tests {
         let len = 3 * PAGE as usize;
         // SAFETY: fresh private anonymous mapping, unmapped below.
         let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(base, libc::MAP_FAILED);
         // SAFETY: writing inside the mapping, then changing protection of
         // its middle page, which we own.
         unsafe {
             std::ptr::write_bytes(base as *mut u8, 0xab, len);
-            assert_eq!(libc::mprotect((base as *mut u8).add(PAGE as usize).cast(), PAGE as usize, libc::PROT_NONE), 0);
+            assert_eq!(
+                libc::mprotect(
+                    (base as *mut u8).add(PAGE as usize).cast(),
+                    PAGE as usize,
+                    libc::PROT_NONE
+                ),
+                0
+            );
         }
         let reader = MemoryReader::open(std::process::id() as i32).unwrap();
         let mut buf = vec![0u8; len];
@@ -134,7 +170,14 @@ mod tests {
         buf.fill(0x55);
         let mut bad = Vec::new();
         reader.read(0x1000, &mut buf, &mut bad).unwrap();
-        assert_eq!(bad, vec![Unreadable { start: 0x1000, len: len as u64, errno: libc::EIO }]);
+        assert_eq!(
+            bad,
+            vec![Unreadable {
+                start: 0x1000,
+                len: len as u64,
+                errno: libc::EIO
+            }]
+        );
         assert!(buf.iter().all(|&b| b == 0));
     }
 }

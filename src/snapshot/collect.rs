@@ -13,7 +13,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum CollectError {
     #[error("cannot read {what} of process {pid}: {source}")]
-    Proc { pid: i32, what: &'static str, source: std::io::Error },
+    Proc {
+        pid: i32,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot read the registers of thread {tid}: {errno}")]
     Registers { tid: i32, errno: nix::errno::Errno },
     #[error("cannot parse /proc/{pid}/smaps: {source}")]
@@ -36,7 +40,8 @@ pub fn collect(
     tids.sort_unstable_by_key(|&tid| (tid != pid, tid));
     let mut threads = Vec::with_capacity(tids.len());
     for tid in tids {
-        let registers = arch::capture_registers(tid).map_err(|errno| CollectError::Registers { tid, errno })?;
+        let registers =
+            arch::capture_registers(tid).map_err(|errno| CollectError::Registers { tid, errno })?;
         // A thread can exit between the listing and this read only if it
         // was never stopped, which the freeze rules out; still, missing
         // /proc facts only cost timing fields, not the thread.
@@ -57,27 +62,44 @@ pub fn collect(
 
     let auxv = info::auxv(pid).map_err(proc_err("auxv"))?;
     let smaps = info::smaps(pid).map_err(proc_err("smaps"))?;
-    let mappings = maps::parse_smaps(&smaps).map_err(|source| CollectError::Maps { pid, source })?;
+    let mappings =
+        maps::parse_smaps(&smaps).map_err(|source| CollectError::Maps { pid, source })?;
     // Without a page map every byte is read; the core is still exact, only
     // slower on sparse processes.
     let mut page_map = PageMap::open(pid).ok();
     let regions = mappings
         .into_iter()
         .map(|mapping| {
-            let decision = decide(&mapping, policy, || starts_with_elf_magic(memory, mapping.start));
-            let mut region = Region { mapping, decision, populated: None };
+            let decision = decide(&mapping, policy, || {
+                starts_with_elf_magic(memory, mapping.start)
+            });
+            let mut region = Region {
+                mapping,
+                decision,
+                populated: None,
+            };
             if region.dumped_len() > 0 && region.is_private_anonymous() {
                 let end = region.mapping.start + region.dumped_len();
-                region.populated = page_map.as_mut().and_then(|map| map.populated(region.mapping.start, end).ok());
+                region.populated = page_map
+                    .as_mut()
+                    .and_then(|map| map.populated(region.mapping.start, end).ok());
             }
             region
         })
         .collect();
-    Ok(Snapshot { process, threads, auxv, regions, policy })
+    Ok(Snapshot {
+        process,
+        threads,
+        auxv,
+        regions,
+        policy,
+    })
 }
 
 fn starts_with_elf_magic(memory: &MemoryReader, addr: u64) -> bool {
     let mut magic = [0u8; 4];
     let mut unreadable = Vec::new();
-    memory.read(addr, &mut magic, &mut unreadable).is_ok() && unreadable.is_empty() && magic == *b"\x7fELF"
+    memory.read(addr, &mut magic, &mut unreadable).is_ok()
+        && unreadable.is_empty()
+        && magic == *b"\x7fELF"
 }

@@ -5,8 +5,8 @@
 pub mod collect;
 pub mod select;
 
-pub use crate::process::info::ProcessInfo;
 use crate::arch::ThreadRegisters;
+pub use crate::process::info::ProcessInfo;
 use crate::process::maps::Mapping;
 pub use select::{Decision, SelectionPolicy, SkipReason};
 use std::time::Duration;
@@ -58,8 +58,12 @@ impl Region {
     pub fn listed_in_core(&self) -> bool {
         match self.decision {
             Decision::Whole | Decision::ElfHeaderPage => true,
-            Decision::Skipped { reason: SkipReason::NeverWritten } => true,
-            Decision::Skipped { reason: SkipReason::Filtered { .. } } => self.mapping.is_file() && !self.mapping.is_deleted_file(),
+            Decision::Skipped {
+                reason: SkipReason::NeverWritten,
+            } => true,
+            Decision::Skipped {
+                reason: SkipReason::Filtered { .. },
+            } => self.mapping.is_file() && !self.mapping.is_deleted_file(),
             Decision::Skipped { .. } => false,
         }
     }
@@ -67,7 +71,12 @@ impl Region {
     /// Private anonymous memory: the only kind where a page that was never
     /// populated is known to read as zeros.
     pub fn is_private_anonymous(&self) -> bool {
-        !self.mapping.shared && !self.mapping.is_file() && self.mapping.pseudo_name().is_none_or(|n| n != b"[vdso]" && n != b"[vsyscall]")
+        !self.mapping.shared
+            && !self.mapping.is_file()
+            && self
+                .mapping
+                .pseudo_name()
+                .is_none_or(|n| n != b"[vdso]" && n != b"[vsyscall]")
     }
 }
 

@@ -75,7 +75,11 @@ impl Decision {
 /// Decides for one mapping. `starts_with_elf_magic` is asked only for
 /// private file mappings at offset 0 whose filter needs it, since answering
 /// means reading the target's memory.
-pub fn decide(mapping: &Mapping, policy: SelectionPolicy, starts_with_elf_magic: impl FnOnce() -> bool) -> Decision {
+pub fn decide(
+    mapping: &Mapping,
+    policy: SelectionPolicy,
+    starts_with_elf_magic: impl FnOnce() -> bool,
+) -> Decision {
     let skip = |reason| Decision::Skipped { reason };
     if let Some(name) = mapping.pseudo_name() {
         // The kernel always dumps its special mappings (vdso, vsyscall...),
@@ -83,7 +87,11 @@ pub fn decide(mapping: &Mapping, policy: SelectionPolicy, starts_with_elf_magic:
         match name {
             b"[vvar]" | b"[vvar_vclock]" => return skip(SkipReason::KernelData),
             b"[vdso]" | b"[vsyscall]" | b"[uprobes]" | b"[sigpage]" => {
-                return if mapping.readable { Decision::Whole } else { skip(SkipReason::NotReadable) };
+                return if mapping.readable {
+                    Decision::Whole
+                } else {
+                    skip(SkipReason::NotReadable)
+                };
             }
             _ => {}
         }
@@ -92,19 +100,39 @@ pub fn decide(mapping: &Mapping, policy: SelectionPolicy, starts_with_elf_magic:
         return skip(SkipReason::DeviceMemory);
     }
     if policy.all {
-        return if mapping.readable || mapping.anonymous_kb > 0 { Decision::Whole } else { skip(SkipReason::NotReadable) };
+        return if mapping.readable || mapping.anonymous_kb > 0 {
+            Decision::Whole
+        } else {
+            skip(SkipReason::NotReadable)
+        };
     }
     let wants = |bit: u32| policy.filter & bit != 0;
     if mapping.has_vm_flag(b"dd") {
         return skip(SkipReason::DontDump);
     }
     if mapping.has_vm_flag(b"ht") {
-        let bit = if mapping.shared { HUGETLB_SHARED } else { HUGETLB_PRIVATE };
-        return if wants(bit) { Decision::Whole } else { skip(SkipReason::Filtered { bit }) };
+        let bit = if mapping.shared {
+            HUGETLB_SHARED
+        } else {
+            HUGETLB_PRIVATE
+        };
+        return if wants(bit) {
+            Decision::Whole
+        } else {
+            skip(SkipReason::Filtered { bit })
+        };
     }
     if mapping.shared {
-        let bit = if mapping.is_deleted_file() || !mapping.is_file() { ANON_SHARED } else { MAPPED_SHARED };
-        return if wants(bit) { Decision::Whole } else { skip(SkipReason::Filtered { bit }) };
+        let bit = if mapping.is_deleted_file() || !mapping.is_file() {
+            ANON_SHARED
+        } else {
+            MAPPED_SHARED
+        };
+        return if wants(bit) {
+            Decision::Whole
+        } else {
+            skip(SkipReason::Filtered { bit })
+        };
     }
     // The kernel asks whether the mapping has an anon_vma, i.e. was ever
     // written; resident or swapped anonymous pages are the visible sign.
@@ -113,7 +141,11 @@ pub fn decide(mapping: &Mapping, policy: SelectionPolicy, starts_with_elf_magic:
         return Decision::Whole;
     }
     if !mapping.is_file() {
-        return if written { skip(SkipReason::Filtered { bit: ANON_PRIVATE }) } else { skip(SkipReason::NeverWritten) };
+        return if written {
+            skip(SkipReason::Filtered { bit: ANON_PRIVATE })
+        } else {
+            skip(SkipReason::NeverWritten)
+        };
     }
     if wants(MAPPED_PRIVATE) {
         return Decision::Whole;
@@ -121,7 +153,13 @@ pub fn decide(mapping: &Mapping, policy: SelectionPolicy, starts_with_elf_magic:
     if wants(ELF_HEADERS) && mapping.offset == 0 && mapping.readable && starts_with_elf_magic() {
         return Decision::ElfHeaderPage;
     }
-    skip(SkipReason::Filtered { bit: if written { ANON_PRIVATE } else { MAPPED_PRIVATE } })
+    skip(SkipReason::Filtered {
+        bit: if written {
+            ANON_PRIVATE
+        } else {
+            MAPPED_PRIVATE
+        },
+    })
 }
 
 #[cfg(test)]
@@ -139,13 +177,22 @@ mod tests {
             shared: p[3] == b's',
             name: name.as_bytes().to_vec(),
             anonymous_kb: anon_kb,
-            vm_flags: flags.iter().map(|f| [f.as_bytes()[0], f.as_bytes()[1]]).collect(),
+            vm_flags: flags
+                .iter()
+                .map(|f| [f.as_bytes()[0], f.as_bytes()[1]])
+                .collect(),
             ..Mapping::default()
         }
     }
 
-    const DEFAULT: SelectionPolicy = SelectionPolicy { filter: DEFAULT_FILTER, all: false };
-    const ALL: SelectionPolicy = SelectionPolicy { filter: 0, all: true };
+    const DEFAULT: SelectionPolicy = SelectionPolicy {
+        filter: DEFAULT_FILTER,
+        all: false,
+    };
+    const ALL: SelectionPolicy = SelectionPolicy {
+        filter: 0,
+        all: true,
+    };
 
     fn never() -> bool {
         panic!("ELF magic must not be read for this mapping")
@@ -153,65 +200,155 @@ mod tests {
 
     #[test]
     fn default_filter_follows_the_kernel() {
-        assert_eq!(decide(&mapping("rw-p", "[heap]", 8, &[]), DEFAULT, never), Decision::Whole);
+        assert_eq!(
+            decide(&mapping("rw-p", "[heap]", 8, &[]), DEFAULT, never),
+            Decision::Whole
+        );
         assert_eq!(
             decide(&mapping("rw-p", "", 0, &[]), DEFAULT, never),
-            Decision::Skipped { reason: SkipReason::NeverWritten }
+            Decision::Skipped {
+                reason: SkipReason::NeverWritten
+            }
         );
         assert_eq!(
             decide(&mapping("rw-p", "", 8, &["dd"]), DEFAULT, never),
-            Decision::Skipped { reason: SkipReason::DontDump }
+            Decision::Skipped {
+                reason: SkipReason::DontDump
+            }
         );
-        assert_eq!(decide(&mapping("rw-s", "/memfd:x (deleted)", 0, &[]), DEFAULT, never), Decision::Whole);
-        assert_eq!(decide(&mapping("rw-s", "/dev/zero (deleted)", 0, &[]), DEFAULT, never), Decision::Whole);
+        assert_eq!(
+            decide(
+                &mapping("rw-s", "/memfd:x (deleted)", 0, &[]),
+                DEFAULT,
+                never
+            ),
+            Decision::Whole
+        );
+        assert_eq!(
+            decide(
+                &mapping("rw-s", "/dev/zero (deleted)", 0, &[]),
+                DEFAULT,
+                never
+            ),
+            Decision::Whole
+        );
         assert_eq!(
             decide(&mapping("rw-s", "/tmp/data", 0, &[]), DEFAULT, never),
-            Decision::Skipped { reason: SkipReason::Filtered { bit: MAPPED_SHARED } }
+            Decision::Skipped {
+                reason: SkipReason::Filtered { bit: MAPPED_SHARED }
+            }
         );
-        assert_eq!(decide(&mapping("r-xp", "/usr/lib/libc.so.6", 0, &[]), DEFAULT, || true), Decision::ElfHeaderPage);
         assert_eq!(
-            decide(&mapping("r--p", "/usr/share/data.bin", 0, &[]), DEFAULT, || false),
-            Decision::Skipped { reason: SkipReason::Filtered { bit: MAPPED_PRIVATE } }
+            decide(
+                &mapping("r-xp", "/usr/lib/libc.so.6", 0, &[]),
+                DEFAULT,
+                || true
+            ),
+            Decision::ElfHeaderPage
         );
-        assert_eq!(decide(&mapping("rw-p", "/usr/lib/libc.so.6", 4, &[]), DEFAULT, never), Decision::Whole);
-        assert_eq!(decide(&mapping("r-xp", "[vdso]", 0, &[]), DEFAULT, never), Decision::Whole);
         assert_eq!(
-            decide(&mapping("r--p", "[vvar]", 0, &["io", "pf", "dd"]), ALL, never),
-            Decision::Skipped { reason: SkipReason::KernelData }
+            decide(
+                &mapping("r--p", "/usr/share/data.bin", 0, &[]),
+                DEFAULT,
+                || false
+            ),
+            Decision::Skipped {
+                reason: SkipReason::Filtered {
+                    bit: MAPPED_PRIVATE
+                }
+            }
+        );
+        assert_eq!(
+            decide(
+                &mapping("rw-p", "/usr/lib/libc.so.6", 4, &[]),
+                DEFAULT,
+                never
+            ),
+            Decision::Whole
+        );
+        assert_eq!(
+            decide(&mapping("r-xp", "[vdso]", 0, &[]), DEFAULT, never),
+            Decision::Whole
+        );
+        assert_eq!(
+            decide(
+                &mapping("r--p", "[vvar]", 0, &["io", "pf", "dd"]),
+                ALL,
+                never
+            ),
+            Decision::Skipped {
+                reason: SkipReason::KernelData
+            }
         );
         assert_eq!(
             decide(&mapping("--xp", "[vsyscall]", 0, &[]), DEFAULT, never),
-            Decision::Skipped { reason: SkipReason::NotReadable }
+            Decision::Skipped {
+                reason: SkipReason::NotReadable
+            }
         );
         assert_eq!(
             decide(&mapping("rw-s", "/dev/mem", 0, &["io", "pf"]), ALL, never),
-            Decision::Skipped { reason: SkipReason::DeviceMemory }
+            Decision::Skipped {
+                reason: SkipReason::DeviceMemory
+            }
         );
     }
 
     #[test]
     fn all_ignores_filter_and_dontdump() {
-        assert_eq!(decide(&mapping("rw-p", "", 8, &["dd"]), ALL, never), Decision::Whole);
-        assert_eq!(decide(&mapping("rw-s", "/tmp/data", 0, &[]), ALL, never), Decision::Whole);
-        assert_eq!(decide(&mapping("r--p", "/usr/share/data.bin", 0, &[]), ALL, never), Decision::Whole);
+        assert_eq!(
+            decide(&mapping("rw-p", "", 8, &["dd"]), ALL, never),
+            Decision::Whole
+        );
+        assert_eq!(
+            decide(&mapping("rw-s", "/tmp/data", 0, &[]), ALL, never),
+            Decision::Whole
+        );
+        assert_eq!(
+            decide(&mapping("r--p", "/usr/share/data.bin", 0, &[]), ALL, never),
+            Decision::Whole
+        );
         assert_eq!(
             decide(&mapping("---p", "", 0, &[]), ALL, never),
-            Decision::Skipped { reason: SkipReason::NotReadable }
+            Decision::Skipped {
+                reason: SkipReason::NotReadable
+            }
         );
     }
 
     #[test]
     fn filter_bits_change_the_outcome() {
-        let everything = SelectionPolicy { filter: 0x1ff, all: false };
-        assert_eq!(decide(&mapping("r--p", "/usr/share/data.bin", 0, &[]), everything, never), Decision::Whole);
-        let nothing = SelectionPolicy { filter: 0, all: false };
+        let everything = SelectionPolicy {
+            filter: 0x1ff,
+            all: false,
+        };
+        assert_eq!(
+            decide(
+                &mapping("r--p", "/usr/share/data.bin", 0, &[]),
+                everything,
+                never
+            ),
+            Decision::Whole
+        );
+        let nothing = SelectionPolicy {
+            filter: 0,
+            all: false,
+        };
         assert_eq!(
             decide(&mapping("rw-p", "[heap]", 8, &[]), nothing, never),
-            Decision::Skipped { reason: SkipReason::Filtered { bit: ANON_PRIVATE } }
+            Decision::Skipped {
+                reason: SkipReason::Filtered { bit: ANON_PRIVATE }
+            }
         );
         assert_eq!(
-            decide(&mapping("rw-s", "/memfd:x (deleted)", 0, &[]), nothing, never),
-            Decision::Skipped { reason: SkipReason::Filtered { bit: ANON_SHARED } }
+            decide(
+                &mapping("rw-s", "/memfd:x (deleted)", 0, &[]),
+                nothing,
+                never
+            ),
+            Decision::Skipped {
+                reason: SkipReason::Filtered { bit: ANON_SHARED }
+            }
         );
     }
 }

@@ -51,7 +51,10 @@ pub struct PageMap {
 impl PageMap {
     pub fn open(pid: i32) -> io::Result<PageMap> {
         let file = File::open(format!("/proc/{pid}/pagemap"))?;
-        Ok(PageMap { file, scan_supported: true })
+        Ok(PageMap {
+            file,
+            scan_supported: true,
+        })
     }
 
     /// The populated sub-ranges of `[start, end)` (page-aligned), in order.
@@ -60,7 +63,10 @@ impl PageMap {
         if self.scan_supported {
             match self.scan(start, end) {
                 Ok(ranges) => return Ok(ranges),
-                Err(e) if e.raw_os_error() == Some(libc::ENOTTY) || e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOTTY)
+                        || e.raw_os_error() == Some(libc::EINVAL) =>
+                {
                     self.scan_supported = false;
                 }
                 Err(e) => return Err(e),
@@ -90,7 +96,13 @@ impl PageMap {
             // field says so) and `vec`/`vec_len` describe `regions`, which
             // stays alive and writable for the call; the kernel writes at
             // most vec_len page_region entries and updates `walk_end`.
-            let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) };
+            let rc = unsafe {
+                libc::ioctl(
+                    self.file.as_raw_fd(),
+                    PAGEMAP_SCAN,
+                    &mut arg as *mut PmScanArg,
+                )
+            };
             if rc < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -147,7 +159,14 @@ mod tests {
         let len = 64 * 4096;
         // SAFETY: anonymous private mapping, unmapped at the end of the test.
         let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(base, libc::MAP_FAILED);
         let base_addr = base as u64;
@@ -159,8 +178,14 @@ mod tests {
         // SAFETY: inside the mapping.
         let _ = unsafe { std::ptr::read_volatile((base as *const u8).add(20 * 4096)) };
         let mut map = PageMap::open(std::process::id() as i32).unwrap();
-        let want = vec![(base_addr + 3 * 4096, base_addr + 5 * 4096), (base_addr + 10 * 4096, base_addr + 11 * 4096)];
-        assert_eq!(map.populated(base_addr, base_addr + len as u64).unwrap(), want);
+        let want = vec![
+            (base_addr + 3 * 4096, base_addr + 5 * 4096),
+            (base_addr + 10 * 4096, base_addr + 11 * 4096),
+        ];
+        assert_eq!(
+            map.populated(base_addr, base_addr + len as u64).unwrap(),
+            want
+        );
         let mut table = PageMap::open(std::process::id() as i32).unwrap();
         table.scan_supported = false;
         let from_table = table.populated(base_addr, base_addr + len as u64).unwrap();

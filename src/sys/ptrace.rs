@@ -51,7 +51,11 @@ pub fn poll_stop(tid: i32) -> Result<StopEvent, Errno> {
     }
     if rc < 0 {
         let err = Errno::last();
-        return if err == Errno::ECHILD { Ok(StopEvent::Gone) } else { Err(err) };
+        return if err == Errno::ECHILD {
+            Ok(StopEvent::Gone)
+        } else {
+            Err(err)
+        };
     }
     if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
         return Ok(StopEvent::Gone);
@@ -79,7 +83,10 @@ pub fn poll_stop(tid: i32) -> Result<StopEvent, Errno> {
 /// `PTRACE_GETREGSET` into `buf`; returns how many bytes the kernel filled,
 /// which for variable-size sets (XSTATE) is the real size of the set.
 pub fn get_regset(tid: i32, note_type: u32, buf: &mut [u8]) -> Result<usize, Errno> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: iov describes `buf`, which is valid and writable for iov_len
     // bytes; the kernel writes at most iov_len bytes and updates iov_len.
     let rc = unsafe {
@@ -90,5 +97,9 @@ pub fn get_regset(tid: i32, note_type: u32, buf: &mut [u8]) -> Result<usize, Err
             &mut iov as *mut libc::iovec as *mut libc::c_void,
         )
     };
-    if rc < 0 { Err(Errno::last()) } else { Ok(iov.iov_len) }
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(iov.iov_len)
+    }
 }

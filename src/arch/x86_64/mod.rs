@@ -77,7 +77,11 @@ pub fn capture_registers(tid: i32) -> Result<ThreadRegisters, Errno> {
         Err(Errno::ENODEV) | Err(Errno::EINVAL) => None,
         Err(e) => return Err(e),
     };
-    Ok(ThreadRegisters { general, fpregs, xstate })
+    Ok(ThreadRegisters {
+        general,
+        fpregs,
+        xstate,
+    })
 }
 
 /// `pr_reg` of NT_PRSTATUS: `user_regs_struct` as little-endian bytes.
@@ -98,7 +102,8 @@ pub fn register_notes(regs: &ThreadRegisters) -> Vec<Note> {
         // the note's size against them, so the CPU's own layout is
         // rewritten into that one; if the area is malformed, keep it as is
         // rather than lose it.
-        let converted = xstate::to_gdb_layout(area, native_layout()).unwrap_or_else(|_| area.clone());
+        let converted =
+            xstate::to_gdb_layout(area, native_layout()).unwrap_or_else(|_| area.clone());
         notes.push(Note::new(NAME_LINUX, NT_X86_XSTATE, converted));
     }
     notes
@@ -109,9 +114,15 @@ pub fn register_notes(regs: &ThreadRegisters) -> Vec<Note> {
 /// in the NT_X86_XSTATE notes we wrote (newer gdb uses it to read any
 /// layout; gdb 13 ignores it).
 pub fn process_notes(first_thread: &ThreadRegisters) -> Vec<Note> {
-    let Some(area) = &first_thread.xstate else { return Vec::new() };
-    let Ok(converted) = xstate::to_gdb_layout(area, native_layout()) else { return Vec::new() };
-    let Some(xcr0) = xstate::xcr0_of(&converted) else { return Vec::new() };
+    let Some(area) = &first_thread.xstate else {
+        return Vec::new();
+    };
+    let Ok(converted) = xstate::to_gdb_layout(area, native_layout()) else {
+        return Vec::new();
+    };
+    let Some(xcr0) = xstate::xcr0_of(&converted) else {
+        return Vec::new();
+    };
     let desc = xstate::xsave_layout_note(&xstate::XsaveLayout::gdb_standard(), xcr0);
     vec![Note::new(NAME_LINUX, xstate::NT_X86_XSAVE_LAYOUT, desc)]
 }

@@ -2,6 +2,7 @@
 //! the core into a sink while the target stays frozen, release.
 
 use crate::cancel::CancelToken;
+use crate::cow::CowCopy;
 use crate::elf::writer::{self, WriteError};
 use crate::process::freeze::{FreezeError, FrozenProcess};
 use crate::process::info;
@@ -17,6 +18,19 @@ use thiserror::Error;
 
 /// Progress callback: (bytes read so far, bytes to read in all).
 pub type ProgressFn = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// How the target is kept still while its memory is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DumpMode {
+    /// Every thread stays stopped until the whole core is written.
+    #[default]
+    Stop,
+    /// Threads are stopped only while registers and metadata are captured
+    /// and a copy-on-write clone is made; memory comes from the clone.
+    /// With `fallback`, a target that cannot be cloned safely is dumped in
+    /// stop mode instead (the report says why); without it the dump fails.
+    Cow { fallback: bool },
+}
 
 /// How to take the dump.
 #[derive(Clone)]
@@ -34,6 +48,8 @@ pub struct DumpOptions {
     pub cancel: CancelToken,
     /// Called with (bytes read, bytes to read) as memory is copied.
     pub progress: Option<ProgressFn>,
+    /// How the target is kept still while its memory is copied.
+    pub mode: DumpMode,
 }
 
 impl Default for DumpOptions {
@@ -45,6 +61,7 @@ impl Default for DumpOptions {
             overwrite: false,
             cancel: CancelToken::new(),
             progress: None,
+            mode: DumpMode::Stop,
         }
     }
 }
@@ -73,12 +90,20 @@ pub struct DumpReport {
     pub unreadable: Vec<Unreadable>,
     /// The target was stopped (state T) before and was left stopped.
     pub left_stopped: bool,
+    /// The mode actually used.
+    pub mode: DumpMode,
+    /// Why `--mode cow` fell back to stop mode, if it did.
+    pub cow_fallback: Option<String>,
+    /// Problems that did not stop the dump (e.g. cleaning up the clone).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Error)]
 pub enum DumpError {
     #[error(transparent)]
     Freeze(#[from] FreezeError),
+    #[error("--mode cow is not possible for process {pid}: {source}; nothing was changed in it (drop --no-fallback to dump it in stop mode)")]
+    Cow { pid: i32, source: crate::cow::CowError },
     #[error(transparent)]
     Collect(#[from] CollectError),
     #[error(transparent)]
@@ -88,9 +113,15 @@ pub enum DumpError {
     #[error("{path} already exists; remove it or pass --force to replace it")]
     OutputExists { path: PathBuf },
     #[error("cannot create the core in {dir}: {source}")]
-    CreateOutput { dir: PathBuf, source: std::io::Error },
+    CreateOutput {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    OutputIo { path: PathBuf, source: std::io::Error },
+    OutputIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("process {pid} exited during the dump; no core was written")]
     TargetExited { pid: i32 },
 }
@@ -99,7 +130,8 @@ impl DumpError {
     /// The signal that interrupted the dump, if that is what ended it.
     pub fn interrupted_by(&self) -> Option<i32> {
         match self {
-            DumpError::Freeze(FreezeError::Interrupted { signal }) | DumpError::Write(WriteError::Interrupted { signal }) => Some(*signal),
+            DumpError::Freeze(FreezeError::Interrupted { signal })
+            | DumpError::Write(WriteError::Interrupted { signal }) => Some(*signal),
             _ => None,
         }
     }
@@ -107,7 +139,11 @@ impl DumpError {
 
 /// Dumps `pid` into any writer (a pipe, stdout, a socket); zero pages are
 /// written out since a stream cannot have holes.
-pub fn dump_to_writer<W: Write>(pid: i32, out: W, options: &DumpOptions) -> Result<DumpReport, DumpError> {
+pub fn dump_to_writer<W: Write>(
+    pid: i32,
+    out: W,
+    options: &DumpOptions,
+) -> Result<DumpReport, DumpError> {
     let mut sink = Stream::new(out);
     dump_into_sink(pid, &mut sink, options)
 }
@@ -117,27 +153,50 @@ pub fn dump_to_writer<W: Write>(pid: i32, out: W, options: &DumpOptions) -> Resu
 /// failed or interrupted dump leaves no file behind.
 pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<DumpReport, DumpError> {
     if !options.overwrite && path.exists() {
-        return Err(DumpError::OutputExists { path: path.to_path_buf() });
+        return Err(DumpError::OutputExists {
+            path: path.to_path_buf(),
+        });
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "core".into());
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "core".into());
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".partial")
         .tempfile_in(dir)
-        .map_err(|source| DumpError::CreateOutput { dir: dir.to_path_buf(), source })?;
+        .map_err(|source| DumpError::CreateOutput {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     let mut report = {
         let mut sink = SparseFile::new(temp.as_file());
         dump_into_sink(pid, &mut sink, options)?
     };
-    let io_err = |source| DumpError::OutputIo { path: path.to_path_buf(), source };
+    let io_err = |source| DumpError::OutputIo {
+        path: path.to_path_buf(),
+        source,
+    };
     let disk = temp.as_file().metadata().map_err(io_err)?.blocks() * 512;
-    let persisted = if options.overwrite { temp.persist(path) } else { temp.persist_noclobber(path) };
+    let persisted = if options.overwrite {
+        temp.persist(path)
+    } else {
+        temp.persist_noclobber(path)
+    };
     persisted.map_err(|e| {
         if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            DumpError::OutputExists { path: path.to_path_buf() }
+            DumpError::OutputExists {
+                path: path.to_path_buf(),
+            }
         } else {
-            DumpError::OutputIo { path: path.to_path_buf(), source: e.error }
+            DumpError::OutputIo {
+                path: path.to_path_buf(),
+                source: e.error,
+            }
         }
     })?;
     report.path = Some(path.to_path_buf());
@@ -146,13 +205,20 @@ pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<Dump
 }
 
 /// The pipeline into an arbitrary sink.
-pub fn dump_into_sink(pid: i32, sink: &mut dyn Sink, options: &DumpOptions) -> Result<DumpReport, DumpError> {
+pub fn dump_into_sink(
+    pid: i32,
+    sink: &mut dyn Sink,
+    options: &DumpOptions,
+) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
     let state_before = info::process_state(pid).map(|c| c as u8).unwrap_or(b'R');
     let frozen = FrozenProcess::freeze(pid, options.freeze_timeout, &options.cancel)?;
     let memory = MemoryReader::open(pid)?;
     let policy = SelectionPolicy {
-        filter: options.filter.or_else(|| info::coredump_filter(pid)).unwrap_or(DEFAULT_FILTER),
+        filter: options
+            .filter
+            .or_else(|| info::coredump_filter(pid))
+            .unwrap_or(DEFAULT_FILTER),
         all: options.all,
     };
     let snapshot = collect::collect(&frozen, state_before, policy, &memory)?;
@@ -161,12 +227,45 @@ pub fn dump_into_sink(pid: i32, sink: &mut dyn Sink, options: &DumpOptions) -> R
             p(done, total);
         }
     };
-    let written = writer::write_core(&snapshot, Vec::new(), &memory, sink, &options.cancel, &progress);
+    let mut cow_fallback = None;
+    let cow = match options.mode {
+        DumpMode::Stop => None,
+        // A stopped target stays stopped either way: no pause to shorten.
+        DumpMode::Cow { .. } if frozen.was_stopped() => {
+            cow_fallback = Some("the target was already stopped, so there is no pause to shorten".to_string());
+            None
+        }
+        DumpMode::Cow { fallback } => match CowCopy::prepare(&frozen, &snapshot, &memory, options.freeze_timeout) {
+            Ok(copy) => Some(copy),
+            Err(source) if fallback => {
+                cow_fallback = Some(source.to_string());
+                None
+            }
+            Err(source) => return Err(DumpError::Cow { pid, source }),
+        },
+    };
     let left_stopped = frozen.was_stopped();
-    let pause = frozen.release();
+    let mode = if cow.is_some() { options.mode } else { DumpMode::Stop };
+    let mut warnings = Vec::new();
+    let (written, pause) = match cow {
+        Some(copy) => {
+            let pause = frozen.release();
+            let written = writer::write_core(&snapshot, Vec::new(), &copy, sink, &options.cancel, &progress);
+            if let Err(e) = copy.finish() {
+                warnings.push(format!("cleaning up the copy-on-write clone: {e}"));
+            }
+            (written, pause)
+        }
+        None => {
+            let written = writer::write_core(&snapshot, Vec::new(), &memory, sink, &options.cancel, &progress);
+            (written, frozen.release())
+        }
+    };
     let stats = match written {
         Ok(stats) => stats,
-        Err(WriteError::Memory(MemoryError::ProcessGone { .. })) => return Err(DumpError::TargetExited { pid }),
+        Err(WriteError::Memory(MemoryError::ProcessGone { .. })) => {
+            return Err(DumpError::TargetExited { pid });
+        }
         Err(e) => return Err(e.into()),
     };
     Ok(DumpReport {
@@ -174,7 +273,11 @@ pub fn dump_into_sink(pid: i32, sink: &mut dyn Sink, options: &DumpOptions) -> R
         path: None,
         threads: snapshot.threads.len(),
         mappings: snapshot.regions.len(),
-        mappings_dumped: snapshot.regions.iter().filter(|r| r.dumped_len() > 0).count(),
+        mappings_dumped: snapshot
+            .regions
+            .iter()
+            .filter(|r| r.dumped_len() > 0)
+            .count(),
         core_len: stats.total_len,
         disk_usage: None,
         bytes_read: stats.bytes_read,
@@ -182,5 +285,8 @@ pub fn dump_into_sink(pid: i32, sink: &mut dyn Sink, options: &DumpOptions) -> R
         elapsed: started.elapsed(),
         unreadable: stats.unreadable,
         left_stopped,
+        mode,
+        cow_fallback,
+        warnings,
     })
 }

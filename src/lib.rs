@@ -24,6 +24,7 @@
 
 pub mod arch;
 pub mod cancel;
+pub mod cow;
 pub mod dump;
 pub mod elf;
 pub mod process;
@@ -32,4 +33,4 @@ pub mod snapshot;
 mod sys;
 
 pub use cancel::CancelToken;
-pub use dump::{DumpError, DumpOptions, DumpReport, dump_into_sink, dump_to_path, dump_to_writer};
+pub use dump::{DumpError, DumpMode, DumpOptions, DumpReport, dump_into_sink, dump_to_path, dump_to_writer};

@@ -2,7 +2,7 @@
 //! is in the library.
 
 use clap::{Parser, Subcommand};
-use coresnap::{CancelToken, DumpOptions, DumpReport};
+use coresnap::{CancelToken, DumpMode, DumpOptions, DumpReport};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +40,12 @@ struct Cli {
 
     /// Write PREFIX.PID for each pid (default: core.PID), or `-` for
     /// standard output (one pid only). Example: -o /tmp/app
-    #[arg(short = 'o', long = "output", value_name = "PREFIX", default_value = "core")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "PREFIX",
+        default_value = "core"
+    )]
     output: String,
 
     /// Dump every mapping, ignoring coredump_filter and MADV_DONTDUMP (like
@@ -65,6 +70,24 @@ struct Cli {
     /// No progress bar and no summary line; errors are still printed.
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
+
+    /// `stop`: keep every thread stopped for the whole dump (like gcore).
+    /// `cow`: stop the threads only to capture registers and make a
+    /// copy-on-write clone, then dump memory from the clone while the
+    /// target runs (a pause of milliseconds). Example: --mode cow
+    #[arg(long = "mode", value_enum, default_value = "stop")]
+    mode: ModeArg,
+
+    /// With --mode cow: fail (without touching the target) instead of
+    /// falling back to stop mode when a clone cannot be made safely.
+    #[arg(long = "no-fallback", requires = "mode")]
+    no_fallback: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Stop,
+    Cow,
 }
 
 #[derive(Subcommand)]
@@ -82,7 +105,11 @@ fn parse_hex_mask(text: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cancel = CancelToken::new();
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         // Registration only fails for forbidden signals, which these are not.
         let _ = signal_hook::flag::register_usize(signal, cancel.as_atomic(), signal as usize);
     }
@@ -104,6 +131,10 @@ fn main() -> ExitCode {
         overwrite: cli.force,
         cancel: cancel.clone(),
         progress: None,
+        mode: match cli.mode {
+            ModeArg::Stop => DumpMode::Stop,
+            ModeArg::Cow => DumpMode::Cow { fallback: !cli.no_fallback },
+        },
     };
     let mut failed = false;
     for &pid in &cli.pids {
@@ -119,15 +150,25 @@ fn main() -> ExitCode {
         let result = if cli.output == "-" {
             coresnap::dump_to_writer(pid, std::io::stdout().lock(), &options)
         } else {
-            coresnap::dump_to_path(pid, &PathBuf::from(format!("{}.{pid}", cli.output)), &options)
+            coresnap::dump_to_path(
+                pid,
+                &PathBuf::from(format!("{}.{pid}", cli.output)),
+                &options,
+            )
         };
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
         match result {
             Ok(report) => {
+                if let Some(why) = &report.cow_fallback {
+                    eprintln!("coresnap: pid {pid}: --mode cow is not possible ({why}); dumped in stop mode");
+                }
                 if !cli.quiet {
                     eprintln!("{}", summary(&report));
+                }
+                for warning in &report.warnings {
+                    eprintln!("coresnap: warning: pid {pid}: {warning}");
                 }
                 for range in &report.unreadable {
                     eprintln!(
@@ -150,14 +191,20 @@ fn main() -> ExitCode {
             return ExitCode::from(128 + signal as u8);
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn progress_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template"),
     );
     bar
 }
@@ -170,22 +217,38 @@ pub(crate) fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", units[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
 fn summary(report: &DumpReport) -> String {
-    let target = report.path.as_ref().map_or("standard output".to_string(), |p| p.display().to_string());
+    let target = report
+        .path
+        .as_ref()
+        .map_or("standard output".to_string(), |p| p.display().to_string());
     let size = match report.disk_usage {
-        Some(disk) => format!("{} on disk, {} logical", human_bytes(disk), human_bytes(report.core_len)),
+        Some(disk) => format!(
+            "{} on disk, {} logical",
+            human_bytes(disk),
+            human_bytes(report.core_len)
+        ),
         None => human_bytes(report.core_len),
     };
     format!(
-        "coresnap: pid {}: wrote {target} ({size}), {} threads, {} of {} mappings dumped, target paused {:.1} ms{}",
+        "coresnap: pid {}: wrote {target} ({size}), {} threads, {} of {} mappings dumped, target paused {:.1} ms{}{}",
         report.pid,
         report.threads,
         report.mappings_dumped,
         report.mappings,
         report.pause.as_secs_f64() * 1000.0,
-        if report.left_stopped { " (left stopped, as it was)" } else { "" }
+        if report.mode == DumpMode::Stop { "" } else { " (copy-on-write)" },
+        if report.left_stopped {
+            " (left stopped, as it was)"
+        } else {
+            ""
+        }
     )
 }

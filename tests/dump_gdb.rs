@@ -2,8 +2,9 @@
 //! sees when opening the core in gdb (and lldb / eu-stack), against the live
 //! process (`gdb -p`) and against gdb's own `gcore`.
 //!
-//! Every check runs twice: with `Dumper::Gcore` (the reference; proves the
-//! test itself is right) and with `Dumper::Coresnap` (the binary under test).
+//! Every check runs three times: with `Dumper::Gcore` (the reference; proves
+//! the test itself is right), with `Dumper::Coresnap` (the binary under
+//! test) and with `Dumper::CoresnapCow` (the same in `--mode cow`).
 //! Test names are `<check>::gcore` and `<check>::coresnap`, so
 //! `cargo test --test dump_gdb gcore` runs only the reference variants.
 //!
@@ -27,6 +28,10 @@ macro_rules! for_both_dumpers {
             #[test]
             fn coresnap() {
                 ($check)(Dumper::Coresnap)
+            }
+            #[test]
+            fn coresnap_cow() {
+                ($check)(Dumper::CoresnapCow)
             }
         }
     )*};

@@ -6,7 +6,7 @@ use super::layout::{self, CoreLayout, PAGE_SIZE, SegmentSpec};
 use super::notes::{Note, core_notes, encode_notes};
 use crate::arch;
 use crate::cancel::CancelToken;
-use crate::process::memory::{MemoryError, MemoryReader, Unreadable};
+use crate::process::memory::{MemoryError, MemorySource, Unreadable};
 use crate::sink::Sink;
 use crate::snapshot::Snapshot;
 use std::sync::mpsc;
@@ -105,7 +105,7 @@ fn copies(snapshot: &Snapshot, layout: &CoreLayout) -> Vec<Copy> {
 pub fn write_core(
     snapshot: &Snapshot,
     extra_notes: Vec<Note>,
-    memory: &MemoryReader,
+    memory: &dyn MemorySource,
     sink: &mut dyn Sink,
     cancel: &CancelToken,
     progress: &(dyn Fn(u64, u64) + Sync),

@@ -14,14 +14,23 @@ use thiserror::Error;
 pub enum FreezeError {
     #[error("process {pid} does not exist")]
     NoSuchProcess { pid: i32 },
-    #[error("process {pid} is a zombie (it has exited and waits for its parent to reap it); there is no memory left to dump")]
+    #[error(
+        "process {pid} is a zombie (it has exited and waits for its parent to reap it); there is no memory left to dump"
+    )]
     Zombie { pid: i32 },
     #[error("process {pid} is a kernel thread; it has no user memory to dump")]
     KernelThread { pid: i32 },
     #[error("process {pid} is coresnap itself; run coresnap from another process to dump it")]
     SelfTarget { pid: i32 },
-    #[error("thread {tid} of process {pid} is already traced by {tracer_comm} (pid {tracer_pid}); detach it first, or use --no-ptrace")]
-    AlreadyTraced { pid: i32, tid: i32, tracer_pid: i32, tracer_comm: String },
+    #[error(
+        "thread {tid} of process {pid} is already traced by {tracer_comm} (pid {tracer_pid}); detach it first, or use --no-ptrace"
+    )]
+    AlreadyTraced {
+        pid: i32,
+        tid: i32,
+        tracer_pid: i32,
+        tracer_comm: String,
+    },
     #[error("permission denied attaching to thread {tid} of process {pid}: {why}")]
     PermissionDenied { pid: i32, tid: i32, why: String },
     #[error("process {pid} exited while coresnap was attaching to it")]
@@ -29,11 +38,21 @@ pub enum FreezeError {
     #[error(
         "thread {tid} of process {pid} did not stop within {timeout:?} (state {state}); it may be in uninterruptible sleep. Every thread was released; try again later or raise --timeout"
     )]
-    Timeout { pid: i32, tid: i32, state: char, timeout: Duration },
+    Timeout {
+        pid: i32,
+        tid: i32,
+        state: char,
+        timeout: Duration,
+    },
     #[error("interrupted by signal {signal} while attaching; every thread was released")]
     Interrupted { signal: i32 },
     #[error("ptrace {op} on thread {tid} of process {pid} failed: {errno}")]
-    Ptrace { pid: i32, tid: i32, op: &'static str, errno: Errno },
+    Ptrace {
+        pid: i32,
+        tid: i32,
+        op: &'static str,
+        errno: Errno,
+    },
 }
 
 /// One thread held in a ptrace-stop.
@@ -66,7 +85,11 @@ pub struct FrozenProcess {
 impl FrozenProcess {
     /// Stops every thread of `pid`, re-listing `/proc/PID/task` until a pass
     /// finds no thread that is not already stopped.
-    pub fn freeze(pid: i32, timeout: Duration, cancel: &CancelToken) -> Result<FrozenProcess, FreezeError> {
+    pub fn freeze(
+        pid: i32,
+        timeout: Duration,
+        cancel: &CancelToken,
+    ) -> Result<FrozenProcess, FreezeError> {
         check_target(pid)?;
         let was_stopped = info::process_state(pid) == Some('T');
         let mut frozen = FrozenProcess {
@@ -90,7 +113,14 @@ impl FrozenProcess {
                     Ok(()) => {}
                     Err(Errno::ESRCH) => continue,
                     Err(Errno::EPERM) => return Err(permission_error(pid, tid)),
-                    Err(errno) => return Err(FreezeError::Ptrace { pid, tid, op: "SEIZE", errno }),
+                    Err(errno) => {
+                        return Err(FreezeError::Ptrace {
+                            pid,
+                            tid,
+                            op: "SEIZE",
+                            errno,
+                        });
+                    }
                 }
                 frozen.pending.push(tid);
                 if frozen.threads.is_empty() && frozen.pending.len() == 1 {
@@ -98,7 +128,14 @@ impl FrozenProcess {
                 }
                 match ptrace::interrupt(tid) {
                     Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(errno) => return Err(FreezeError::Ptrace { pid, tid, op: "INTERRUPT", errno }),
+                    Err(errno) => {
+                        return Err(FreezeError::Ptrace {
+                            pid,
+                            tid,
+                            op: "INTERRUPT",
+                            errno,
+                        });
+                    }
                 }
             }
             frozen.wait_for_pending(timeout, cancel)?;
@@ -109,14 +146,23 @@ impl FrozenProcess {
         Ok(frozen)
     }
 
-    fn wait_for_pending(&mut self, timeout: Duration, cancel: &CancelToken) -> Result<(), FreezeError> {
+    fn wait_for_pending(
+        &mut self,
+        timeout: Duration,
+        cancel: &CancelToken,
+    ) -> Result<(), FreezeError> {
         let deadline = Instant::now() + timeout;
         let mut spins = 0u32;
         while !self.pending.is_empty() {
             let mut index = 0;
             while index < self.pending.len() {
                 let tid = self.pending[index];
-                let event = ptrace::poll_stop(tid).map_err(|errno| FreezeError::Ptrace { pid: self.pid, tid, op: "waitpid", errno })?;
+                let event = ptrace::poll_stop(tid).map_err(|errno| FreezeError::Ptrace {
+                    pid: self.pid,
+                    tid,
+                    op: "waitpid",
+                    errno,
+                })?;
                 match event {
                     StopEvent::NotYet => index += 1,
                     StopEvent::Gone => {
@@ -124,11 +170,17 @@ impl FrozenProcess {
                     }
                     StopEvent::Trapped { .. } => {
                         self.pending.swap_remove(index);
-                        self.threads.push(FrozenThread { tid, owed_signal: None });
+                        self.threads.push(FrozenThread {
+                            tid,
+                            owed_signal: None,
+                        });
                     }
                     StopEvent::SignalDelivery { signal } => {
                         self.pending.swap_remove(index);
-                        self.threads.push(FrozenThread { tid, owed_signal: Some(signal) });
+                        self.threads.push(FrozenThread {
+                            tid,
+                            owed_signal: Some(signal),
+                        });
                     }
                 }
             }
@@ -141,7 +193,12 @@ impl FrozenProcess {
             if Instant::now() >= deadline {
                 let tid = self.pending[0];
                 let state = info::thread_state(self.pid, tid).unwrap_or('?');
-                return Err(FreezeError::Timeout { pid: self.pid, tid, state, timeout });
+                return Err(FreezeError::Timeout {
+                    pid: self.pid,
+                    tid,
+                    state,
+                    timeout,
+                });
             }
             // Most threads stop within microseconds; only back off to sleeping
             // for the stragglers, so the pause stays short.
@@ -229,7 +286,16 @@ fn check_target(pid: i32) -> Result<(), FreezeError> {
 fn permission_error(pid: i32, tid: i32) -> FreezeError {
     if let Some(tracer) = info::tracer_of(pid, tid).filter(|&t| t != 0) {
         let tracer_comm = info::comm(tracer).unwrap_or_else(|| "an unknown process".into());
-        return FreezeError::AlreadyTraced { pid, tid, tracer_pid: tracer, tracer_comm };
+        return FreezeError::AlreadyTraced {
+            pid,
+            tid,
+            tracer_pid: tracer,
+            tracer_comm,
+        };
     }
-    FreezeError::PermissionDenied { pid, tid, why: info::explain_permission_denied(pid) }
+    FreezeError::PermissionDenied {
+        pid,
+        tid,
+        why: info::explain_permission_denied(pid),
+    }
 }

@@ -13,7 +13,10 @@ pub struct BasicStat {
 
 pub fn read_stat(pid: i32) -> Option<BasicStat> {
     let stat = Process::new(pid).ok()?.stat().ok()?;
-    Some(BasicStat { state: stat.state, flags: u64::from(stat.flags) })
+    Some(BasicStat {
+        state: stat.state,
+        flags: u64::from(stat.flags),
+    })
 }
 
 pub fn process_state(pid: i32) -> Option<char> {
@@ -21,7 +24,15 @@ pub fn process_state(pid: i32) -> Option<char> {
 }
 
 pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
-    Some(Process::new(pid).ok()?.task_from_tid(tid).ok()?.stat().ok()?.state)
+    Some(
+        Process::new(pid)
+            .ok()?
+            .task_from_tid(tid)
+            .ok()?
+            .stat()
+            .ok()?
+            .state,
+    )
 }
 
 /// Thread ids as listed in `/proc/PID/task`, ascending.
@@ -35,11 +46,21 @@ pub fn thread_ids(pid: i32) -> std::io::Result<Vec<i32>> {
 
 /// `TracerPid` of one thread (0 when untraced).
 pub fn tracer_of(pid: i32, tid: i32) -> Option<i32> {
-    Some(Process::new(pid).ok()?.task_from_tid(tid).ok()?.status().ok()?.tracerpid)
+    Some(
+        Process::new(pid)
+            .ok()?
+            .task_from_tid(tid)
+            .ok()?
+            .status()
+            .ok()?
+            .tracerpid,
+    )
 }
 
 pub fn comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
 }
 
 /// Why PTRACE_SEIZE said EPERM, in words a user can act on.
@@ -48,7 +69,9 @@ pub fn explain_permission_denied(pid: i32) -> String {
     if let Ok(scope) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
         let scope = scope.trim();
         let meaning = match scope {
-            "1" => Some("only a parent may trace its descendants; run coresnap as root or with CAP_SYS_PTRACE, or set it to 0"),
+            "1" => Some(
+                "only a parent may trace its descendants; run coresnap as root or with CAP_SYS_PTRACE, or set it to 0",
+            ),
             "2" => Some("only processes with CAP_SYS_PTRACE may trace; run coresnap as root"),
             "3" => Some("ptrace is disabled until reboot"),
             _ => None,
@@ -64,7 +87,9 @@ pub fn explain_permission_denied(pid: i32) -> String {
         }
     }
     if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        && text.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1'))
+        && text
+            .lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1'))
     {
         reasons.push("the process runs with no_new_privs".to_string());
     }
@@ -127,7 +152,10 @@ pub fn process_info(pid: i32, state_before: u8) -> std::io::Result<ProcessInfo> 
         sid: stat.session,
         uid: status.ruid,
         gid: status.rgid,
-        comm: std::fs::read(format!("/proc/{pid}/comm"))?.strip_suffix(b"\n").map(<[u8]>::to_vec).unwrap_or_default(),
+        comm: std::fs::read(format!("/proc/{pid}/comm"))?
+            .strip_suffix(b"\n")
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
         cmdline: std::fs::read(format!("/proc/{pid}/cmdline"))?,
         state: state_before,
         nice: stat.nice.clamp(-128, 127) as i8,
@@ -137,7 +165,9 @@ pub fn process_info(pid: i32, state_before: u8) -> std::io::Result<ProcessInfo> 
 }
 
 pub fn thread_facts(pid: i32, tid: i32) -> std::io::Result<ThreadFacts> {
-    let task = Process::new(pid).and_then(|p| p.task_from_tid(tid)).map_err(to_io)?;
+    let task = Process::new(pid)
+        .and_then(|p| p.task_from_tid(tid))
+        .map_err(to_io)?;
     let stat = task.stat().map_err(to_io)?;
     let status = task.status().map_err(to_io)?;
     Ok(ThreadFacts {
@@ -168,7 +198,9 @@ pub fn smaps(pid: i32) -> std::io::Result<Vec<u8>> {
 fn to_io(e: procfs::ProcError) -> std::io::Error {
     match e {
         procfs::ProcError::NotFound(_) => std::io::Error::from(std::io::ErrorKind::NotFound),
-        procfs::ProcError::PermissionDenied(_) => std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        procfs::ProcError::PermissionDenied(_) => {
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied)
+        }
         procfs::ProcError::Io(e, _) => e,
         other => std::io::Error::other(other.to_string()),
     }

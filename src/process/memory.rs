@@ -31,6 +31,20 @@ pub enum MemoryError {
     ProcessGone { pid: i32 },
 }
 
+/// Where the writer gets the target's memory from: the live process, or a
+/// frozen copy of it.
+pub trait MemorySource: Sync {
+    /// Fills `buf` with the bytes at `addr`; pages that cannot be read are
+    /// zeroed and appended to `unreadable`.
+    fn read(&self, addr: u64, buf: &mut [u8], unreadable: &mut Vec<Unreadable>) -> Result<(), MemoryError>;
+}
+
+impl MemorySource for MemoryReader {
+    fn read(&self, addr: u64, buf: &mut [u8], unreadable: &mut Vec<Unreadable>) -> Result<(), MemoryError> {
+        MemoryReader::read(self, addr, buf, unreadable)
+    }
+}
+
 /// Reads one process's memory; usable from any thread (unlike ptrace).
 pub struct MemoryReader {
     pid: i32,

@@ -2,5 +2,6 @@
 
 pub mod freeze;
 pub mod info;
+pub mod inject;
 pub mod maps;
 pub mod memory;

@@ -103,3 +103,55 @@ pub fn get_regset(tid: i32, note_type: u32, buf: &mut [u8]) -> Result<usize, Err
         Ok(iov.iov_len)
     }
 }
+
+/// What a tracee reported, for the injection code, which needs to tell
+/// ptrace events (a clone) apart from signal stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceStop {
+    /// A `PTRACE_EVENT_*` stop (`event` is its number).
+    Event { event: i32 },
+    /// Signal-delivery stop for `signal`.
+    Signal { signal: i32 },
+    Exited,
+    NotYet,
+}
+
+pub fn poll_trace_stop(tid: i32) -> Result<TraceStop, Errno> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG))? {
+        WaitStatus::StillAlive => Ok(TraceStop::NotYet),
+        WaitStatus::PtraceEvent(_, _, event) => Ok(TraceStop::Event { event }),
+        WaitStatus::Stopped(_, signal) => Ok(TraceStop::Signal { signal: signal as i32 }),
+        WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Ok(TraceStop::Exited),
+        _ => Ok(TraceStop::NotYet),
+    }
+}
+
+pub fn set_options(tid: i32, trace_clone: bool, exit_kill: bool) -> Result<(), Errno> {
+    let mut options = ptrace::Options::empty();
+    if trace_clone {
+        options |= ptrace::Options::PTRACE_O_TRACECLONE;
+    }
+    if exit_kill {
+        options |= ptrace::Options::PTRACE_O_EXITKILL;
+    }
+    ptrace::setoptions(Pid::from_raw(tid), options)
+}
+
+/// Resumes a stopped tracee without delivering a signal.
+pub fn resume(tid: i32) -> Result<(), Errno> {
+    ptrace::cont(Pid::from_raw(tid), None)
+}
+
+/// `PTRACE_GETEVENTMSG`: for a clone event, the new task's pid.
+pub fn event_message(tid: i32) -> Result<i64, Errno> {
+    ptrace::getevent(Pid::from_raw(tid)).map(i64::from)
+}
+
+pub fn get_regs(tid: i32) -> Result<libc::user_regs_struct, Errno> {
+    ptrace::getregs(Pid::from_raw(tid))
+}
+
+pub fn set_regs(tid: i32, regs: libc::user_regs_struct) -> Result<(), Errno> {
+    ptrace::setregs(Pid::from_raw(tid), regs)
+}

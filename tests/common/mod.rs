@@ -257,6 +257,8 @@ pub enum Program {
     Sparse,
     /// `many_maps.c` as a PIE.
     ManyMaps,
+    /// `counter.c` as a PIE.
+    Counter,
 }
 
 impl Program {
@@ -268,6 +270,7 @@ impl Program {
             Program::Memory => "memory",
             Program::Sparse => "sparse",
             Program::ManyMaps => "many_maps",
+            Program::Counter => "counter",
         }
     }
     fn source(self) -> &'static str {
@@ -277,6 +280,7 @@ impl Program {
             Program::Memory => "memory.c",
             Program::Sparse => "sparse.c",
             Program::ManyMaps => "many_maps.c",
+            Program::Counter => "counter.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {
@@ -614,6 +618,9 @@ pub fn set_coredump_filter(pid: i32, value: u32) {
 pub enum Dumper {
     /// The binary under test.
     Coresnap,
+    /// The binary under test in copy-on-write mode (`--mode cow
+    /// --no-fallback`): memory comes from a clone of the target.
+    CoresnapCow,
     /// gdb's gcore: the reference.
     Gcore,
 }
@@ -622,6 +629,7 @@ impl Dumper {
     pub fn name(self) -> &'static str {
         match self {
             Dumper::Coresnap => "coresnap",
+            Dumper::CoresnapCow => "coresnap-cow",
             Dumper::Gcore => "gcore",
         }
     }
@@ -629,7 +637,7 @@ impl Dumper {
     /// (if set) replaces the binary cargo built, e.g. to test a release build.
     pub fn program(self) -> OsString {
         match self {
-            Dumper::Coresnap => std::env::var_os("CORESNAP_BIN")
+            Dumper::Coresnap | Dumper::CoresnapCow => std::env::var_os("CORESNAP_BIN")
                 .unwrap_or_else(|| env!("CARGO_BIN_EXE_coresnap").into()),
             Dumper::Gcore => "gcore".into(),
         }

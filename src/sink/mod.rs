@@ -2,6 +2,12 @@
 //! file offset order and leaves gaps where the core holds only zeros; a
 //! sink turns gaps into holes (a regular file) or into zero bytes (a pipe).
 
+pub mod hashing;
+pub mod zstd_seekable;
+
+pub use hashing::{Digests, HashingSink, HashingWriter};
+pub use zstd_seekable::{CompressOptions, ZstdSeekableSink};
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -62,7 +68,10 @@ impl<W: Write> Stream<W> {
 impl<W: Write> Sink for Stream<W> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         if offset < self.position {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "stream sink cannot seek backwards"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "stream sink cannot seek backwards",
+            ));
         }
         self.fill_zeros_to(offset)?;
         self.inner.write_all(data)?;

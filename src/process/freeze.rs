@@ -23,7 +23,15 @@ pub enum FreezeError {
     #[error("process {pid} is coresnap itself; run coresnap from another process to dump it")]
     SelfTarget { pid: i32 },
     #[error(
-        "thread {tid} of process {pid} is already traced by {tracer_comm} (pid {tracer_pid}); detach it first, or use --no-ptrace"
+        "{tid} is a thread of process {pid}, not a process; to dump the process it belongs to, run: coresnap {pid}"
+    )]
+    NotAProcess { tid: i32, pid: i32 },
+    #[error(
+        "the main thread of process {pid} has exited while {threads} other thread(s) run on; coresnap cannot dump a process whose main thread is gone"
+    )]
+    LeaderExited { pid: i32, threads: usize },
+    #[error(
+        "thread {tid} of process {pid} is already traced by {tracer_comm} (pid {tracer_pid}); a thread can have only one tracer: detach it (quit the debugger, stop strace) and run coresnap again"
     )]
     AlreadyTraced {
         pid: i32,
@@ -82,6 +90,19 @@ pub struct FrozenProcess {
     _same_thread: PhantomData<*const ()>,
 }
 
+/// A thread seen in uninterruptible sleep (state D) and not attached yet.
+/// `PTRACE_INTERRUPT` cannot stop it before it wakes up, and a seized thread
+/// that never stops cannot be detached (`PTRACE_DETACH` needs a stopped
+/// tracee): it would stay traced, and stop as soon as it woke, until the
+/// tracing thread exits. So it is seized only once it shows that it is not
+/// stuck: it left D state, or it was switched out again since it was first
+/// seen (a thread busy with I/O sleeps in D over and over).
+#[derive(Debug, Clone, Copy)]
+struct Sleeper {
+    tid: i32,
+    switches: u64,
+}
+
 impl FrozenProcess {
     /// Stops every thread of `pid`, re-listing `/proc/PID/task` until a pass
     /// finds no thread that is not already stopped.
@@ -101,6 +122,7 @@ impl FrozenProcess {
             _same_thread: PhantomData,
         };
         let mut known: BTreeSet<i32> = BTreeSet::new();
+        let mut sleepers: Vec<Sleeper> = Vec::new();
         loop {
             let tids = info::thread_ids(pid).map_err(|_| FreezeError::ProcessExited { pid })?;
             let new: Vec<i32> = tids.into_iter().filter(|t| !known.contains(t)).collect();
@@ -109,51 +131,84 @@ impl FrozenProcess {
             }
             for &tid in &new {
                 known.insert(tid);
-                match ptrace::seize(tid) {
-                    Ok(()) => {}
-                    Err(Errno::ESRCH) => continue,
-                    Err(Errno::EPERM) => return Err(permission_error(pid, tid)),
-                    Err(errno) => {
-                        return Err(FreezeError::Ptrace {
-                            pid,
-                            tid,
-                            op: "SEIZE",
-                            errno,
-                        });
-                    }
-                }
-                frozen.pending.push(tid);
-                if frozen.threads.is_empty() && frozen.pending.len() == 1 {
-                    frozen.first_interrupt = Instant::now();
-                }
-                match ptrace::interrupt(tid) {
-                    Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(errno) => {
-                        return Err(FreezeError::Ptrace {
-                            pid,
-                            tid,
-                            op: "INTERRUPT",
-                            errno,
-                        });
-                    }
+                match info::thread_progress(pid, tid) {
+                    Some(('D', switches)) => sleepers.push(Sleeper { tid, switches }),
+                    _ => frozen.attach(tid)?,
                 }
             }
-            frozen.wait_for_pending(timeout, cancel)?;
+            frozen.wait_for_pending(&mut sleepers, timeout, cancel)?;
         }
         if !frozen.threads.iter().any(|t| t.tid == pid) {
+            if info::process_state(pid) == Some('Z') && !frozen.threads.is_empty() {
+                return Err(FreezeError::LeaderExited {
+                    pid,
+                    threads: frozen.threads.len(),
+                });
+            }
             return Err(FreezeError::ProcessExited { pid });
         }
         Ok(frozen)
     }
 
+    /// `PTRACE_SEIZE` + `PTRACE_INTERRUPT` of one thread, which is then
+    /// pending until its stop is seen. A thread that is gone or exiting
+    /// (the kernel refuses to attach to those with EPERM) is skipped.
+    fn attach(&mut self, tid: i32) -> Result<(), FreezeError> {
+        let pid = self.pid;
+        match ptrace::seize(tid) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Ok(()),
+            Err(Errno::EPERM) if thread_is_exiting(pid, tid) => return Ok(()),
+            Err(Errno::EPERM) => return Err(permission_error(pid, tid)),
+            Err(errno) => {
+                return Err(FreezeError::Ptrace {
+                    pid,
+                    tid,
+                    op: "SEIZE",
+                    errno,
+                });
+            }
+        }
+        if self.threads.is_empty() && self.pending.is_empty() {
+            self.first_interrupt = Instant::now();
+        }
+        self.pending.push(tid);
+        match ptrace::interrupt(tid) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(errno) => Err(FreezeError::Ptrace {
+                pid,
+                tid,
+                op: "INTERRUPT",
+                errno,
+            }),
+        }
+    }
+
+    /// Waits until every pending thread has stopped (or is gone) and every
+    /// sleeper has woken and been attached, or fails after `timeout`.
     fn wait_for_pending(
         &mut self,
+        sleepers: &mut Vec<Sleeper>,
         timeout: Duration,
         cancel: &CancelToken,
     ) -> Result<(), FreezeError> {
         let deadline = Instant::now() + timeout;
         let mut spins = 0u32;
-        while !self.pending.is_empty() {
+        while !self.pending.is_empty() || !sleepers.is_empty() {
+            let mut index = 0;
+            while index < sleepers.len() {
+                let sleeper = sleepers[index];
+                match info::thread_progress(self.pid, sleeper.tid) {
+                    None => {
+                        sleepers.swap_remove(index);
+                    }
+                    Some(('D', switches)) if switches == sleeper.switches => index += 1,
+                    Some(_) => {
+                        sleepers.swap_remove(index);
+                        self.attach(sleeper.tid)?;
+                    }
+                }
+            }
             let mut index = 0;
             while index < self.pending.len() {
                 let tid = self.pending[index];
@@ -184,14 +239,16 @@ impl FrozenProcess {
                     }
                 }
             }
-            if self.pending.is_empty() {
+            if self.pending.is_empty() && sleepers.is_empty() {
                 break;
             }
             if let Some(signal) = cancel.signal() {
                 return Err(FreezeError::Interrupted { signal });
             }
             if Instant::now() >= deadline {
-                let tid = self.pending[0];
+                // Name a thread that was never attached first: it is the
+                // one that is stuck, the pending ones may only be slow.
+                let tid = sleepers.first().map_or_else(|| self.pending[0], |s| s.tid);
                 let state = info::thread_state(self.pid, tid).unwrap_or('?');
                 return Err(FreezeError::Timeout {
                     pid: self.pid,
@@ -210,6 +267,20 @@ impl FrozenProcess {
             }
         }
         Ok(())
+    }
+
+    /// Takes over threads that the caller already holds in ptrace-stops
+    /// (the signal watcher freezes a process around the thread that got
+    /// the signal). From here on they are released like any frozen thread.
+    pub fn adopt(pid: i32, threads: Vec<FrozenThread>, first_interrupt: Instant) -> FrozenProcess {
+        FrozenProcess {
+            pid,
+            threads,
+            pending: Vec::new(),
+            was_stopped: false,
+            first_interrupt,
+            _same_thread: PhantomData,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -240,8 +311,8 @@ impl FrozenProcess {
         for tid in self.pending.drain(..) {
             // A thread that never reached its stop cannot be detached with
             // PTRACE_DETACH; wait a moment for it, then try again. If it is
-            // still running (D state), the kernel detaches it when coresnap
-            // exits.
+            // still running (it went into D state between the check and the
+            // interrupt), the kernel detaches it when this thread exits.
             for _ in 0..50 {
                 match ptrace::poll_stop(tid) {
                     Ok(StopEvent::NotYet) => std::thread::sleep(Duration::from_millis(1)),
@@ -266,21 +337,48 @@ impl Drop for FrozenProcess {
     }
 }
 
+/// What can be told before attaching: the pid names a live user process
+/// other than coresnap.
 fn check_target(pid: i32) -> Result<(), FreezeError> {
-    if pid == std::process::id() as i32 {
+    let me = std::process::id() as i32;
+    if pid == me {
         return Err(FreezeError::SelfTarget { pid });
     }
     let Some(stat) = info::read_stat(pid) else {
         return Err(FreezeError::NoSuchProcess { pid });
     };
-    if stat.state == 'Z' || stat.state == 'X' {
-        return Err(FreezeError::Zombie { pid });
-    }
     const PF_KTHREAD: u64 = 0x0020_0000;
     if stat.flags & PF_KTHREAD != 0 {
         return Err(FreezeError::KernelThread { pid });
     }
+    // /proc/TID exists for every thread, not only for the main ones.
+    match info::thread_group(pid) {
+        Some(tgid) if tgid == me => return Err(FreezeError::SelfTarget { pid }),
+        Some(tgid) if tgid != pid => {
+            return Err(FreezeError::NotAProcess {
+                tid: pid,
+                pid: tgid,
+            });
+        }
+        _ => {}
+    }
+    if stat.state == 'Z' || stat.state == 'X' {
+        let live = info::thread_ids(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&tid| !thread_is_exiting(pid, tid))
+            .count();
+        if live > 0 {
+            return Err(FreezeError::LeaderExited { pid, threads: live });
+        }
+        return Err(FreezeError::Zombie { pid });
+    }
     Ok(())
+}
+
+/// Gone, or a zombie that only waits to be released.
+fn thread_is_exiting(pid: i32, tid: i32) -> bool {
+    matches!(info::thread_state(pid, tid), None | Some('Z' | 'X' | 'x'))
 }
 
 fn permission_error(pid: i32, tid: i32) -> FreezeError {
@@ -297,5 +395,59 @@ fn permission_error(pid: i32, tid: i32) -> FreezeError {
         pid,
         tid,
         why: info::explain_permission_denied(pid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// coresnap cannot stop itself (its own threads would have to do the
+    /// stopping); it says so for its pid and for any of its thread ids,
+    /// before attaching to anything.
+    #[test]
+    fn refuses_its_own_process_and_threads() {
+        let me = std::process::id() as i32;
+        let cancel = CancelToken::new();
+        let err = FrozenProcess::freeze(me, Duration::from_secs(1), &cancel)
+            .err()
+            .expect("must fail");
+        assert!(
+            matches!(err, FreezeError::SelfTarget { pid } if pid == me),
+            "{err}"
+        );
+        assert!(err.to_string().contains("is coresnap itself"), "{err}");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let err = FrozenProcess::freeze(tid, Duration::from_secs(1), &cancel)
+            .err()
+            .expect("must fail");
+        assert!(
+            matches!(err, FreezeError::SelfTarget { pid } if pid == tid),
+            "{err}"
+        );
+        drop(done_tx);
+        helper.join().unwrap();
+        assert_eq!(info::tracer_of(me, me), Some(0));
+    }
+
+    #[test]
+    fn thread_progress_reads_state_and_switches() {
+        let me = std::process::id() as i32;
+        // The test runs on a thread of its own, not on the main one.
+        let tid = nix::unistd::gettid().as_raw();
+        let (state, before) = info::thread_progress(me, tid).unwrap();
+        assert_eq!(state, 'R');
+        std::thread::sleep(Duration::from_millis(2));
+        let (_, after) = info::thread_progress(me, tid).unwrap();
+        assert!(after > before, "{before} -> {after}");
+        assert_eq!(info::thread_group(tid), Some(me));
+        assert_eq!(info::thread_group(me), Some(me));
     }
 }

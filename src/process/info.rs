@@ -35,6 +35,46 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
     )
 }
 
+/// The process (thread group) that `tid` belongs to: `Tgid` in
+/// `/proc/TID/status`; equal to `tid` for a process's main thread.
+pub fn thread_group(tid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status_field(&text, "Tgid:")?.parse().ok()
+}
+
+/// State letter of one thread and how many times it has been switched out
+/// (voluntary + involuntary context switches), from one read of
+/// `/proc/PID/task/TID/status`. A thread that stays in D state with the
+/// same count has not woken up since the last look.
+pub fn thread_progress(pid: i32, tid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let state = status_field(&text, "State:")?.chars().next()?;
+    let voluntary: u64 = status_field(&text, "voluntary_ctxt_switches:")?
+        .parse()
+        .ok()?;
+    let involuntary: u64 = status_field(&text, "nonvoluntary_ctxt_switches:")?
+        .parse()
+        .ok()?;
+    Some((state, voluntary + involuntary))
+}
+
+fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(key))
+        .map(str::trim)
+}
+
+/// The path of the file mapped at `start..end`, byte for byte as the kernel
+/// has it (`d_path`, with ` (deleted)` for an unlinked file), read from the
+/// `/proc/PID/map_files` link (needs CAP_SYS_ADMIN). `/proc/PID/smaps` prints
+/// a newline in a name as `\012` and leaves a backslash alone, so a name that
+/// shows `\012` there is ambiguous; this is the way to the real one.
+pub fn mapped_file_path(pid: i32, start: u64, end: u64) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStringExt;
+    let link = std::fs::read_link(format!("/proc/{pid}/map_files/{start:x}-{end:x}")).ok()?;
+    Some(link.into_os_string().into_vec())
+}
+
 /// Thread ids as listed in `/proc/PID/task`, ascending.
 pub fn thread_ids(pid: i32) -> std::io::Result<Vec<i32>> {
     let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
@@ -203,5 +243,48 @@ fn to_io(e: procfs::ProcError) -> std::io::Error {
         }
         procfs::ProcError::Io(e, _) => e,
         other => std::io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// A file whose name holds a real backslash followed by "012" and one
+    /// with a real newline: smaps shows both as `\012`, map_files tells them
+    /// apart.
+    #[test]
+    fn mapped_file_path_is_raw() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: /proc/PID/map_files needs CAP_SYS_ADMIN");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        for name in [&b"back\\012slash"[..], &b"new\nline"[..]] {
+            let path = dir.path().join(std::ffi::OsStr::from_bytes(name));
+            std::fs::write(&path, [1u8; 4096]).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: a fresh read-only private mapping of our own file,
+            // unmapped below; nothing else refers to it.
+            let addr = unsafe {
+                use std::os::fd::AsRawFd;
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(addr, libc::MAP_FAILED);
+            let start = addr as u64;
+            let got = mapped_file_path(me, start, start + 4096);
+            // SAFETY: unmapping exactly what was mapped above.
+            unsafe { libc::munmap(addr, 4096) };
+            assert_eq!(got.as_deref(), Some(path.as_os_str().as_bytes()));
+        }
     }
 }

@@ -104,7 +104,7 @@ fn put_timeval(out: &mut Vec<u8>, t: std::time::Duration) {
 /// `struct elf_prstatus` (336 bytes on x86-64).
 pub fn prstatus(process: &ProcessInfo, thread: &ThreadInfo) -> Vec<u8> {
     let mut out = Vec::with_capacity(arch::PRSTATUS_LEN);
-    let (signo, code, errno) = thread.siginfo.map_or((0, 0, 0), |s| {
+    let (signo, code, errno) = thread.siginfo.map_or((thread.current_signal, 0, 0), |s| {
         let word = |i: usize| i32::from_le_bytes(s[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
         (word(0), word(2), word(1))
     });

@@ -36,16 +36,52 @@ const TRAMPOLINE: [u8; 17] = [
     0xcc, // int3
 ];
 const PTRACE_EVENT_CLONE: i32 = 3;
+
+/// Injections under way in this process. Exiting while one runs would leave
+/// the target with borrowed code and registers, so a watchdog that ends
+/// coresnap on a signal waits for this to drop to zero first.
+static IN_PROGRESS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether a thread of the target is running injected code right now.
+pub fn injection_in_progress() -> bool {
+    IN_PROGRESS.load(std::sync::atomic::Ordering::SeqCst) > 0
+}
+
+struct InProgress;
+
+impl InProgress {
+    fn enter() -> InProgress {
+        IN_PROGRESS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InProgress
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        IN_PROGRESS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 pub const SYS_CLONE: u64 = 56;
 pub const SYS_WAIT4: u64 = 61;
 
 #[derive(Debug, Error)]
 pub enum InjectError {
     #[error("ptrace {op} on thread {tid} failed: {errno}")]
-    Ptrace { tid: i32, op: &'static str, errno: Errno },
+    Ptrace {
+        tid: i32,
+        op: &'static str,
+        errno: Errno,
+    },
     #[error("cannot borrow code bytes at {addr:#x} in thread {tid}: {source}")]
-    Code { tid: i32, addr: u64, source: std::io::Error },
-    #[error("thread {tid} did not come back from the injected system call within {0:?}", timeout)]
+    Code {
+        tid: i32,
+        addr: u64,
+        source: std::io::Error,
+    },
+    #[error(
+        "thread {tid} did not come back from the injected system call within {0:?}",
+        timeout
+    )]
     Timeout { tid: i32, timeout: Duration },
     #[error("thread {tid} exited during the injected system call")]
     ThreadGone { tid: i32 },
@@ -75,7 +111,15 @@ pub struct Injected {
 /// ptrace-stop under this thread's tracing. With `trace_clone`, a task the
 /// call creates is attached to us and left stopped before it runs a single
 /// instruction.
-pub fn inject_syscall(pid: i32, tid: i32, nr: u64, args: [u64; 6], trace_clone: bool, timeout: Duration) -> Result<Injected, InjectError> {
+pub fn inject_syscall(
+    pid: i32,
+    tid: i32,
+    nr: u64,
+    args: [u64; 6],
+    trace_clone: bool,
+    timeout: Duration,
+) -> Result<Injected, InjectError> {
+    let _in_progress = InProgress::enter();
     let pt = |op| move |errno| InjectError::Ptrace { tid, op, errno };
     let saved = ptrace::get_regs(tid).map_err(pt("GETREGS"))?;
     // The start of the thread's current code page: executable, mapped, and
@@ -87,19 +131,27 @@ pub fn inject_syscall(pid: i32, tid: i32, nr: u64, args: [u64; 6], trace_clone: 
         .open(format!("/proc/{pid}/mem"))
         .map_err(|source| InjectError::Code { tid, addr, source })?;
     let mut original = vec![0u8; TRAMPOLINE.len()];
-    mem.read_exact_at(&mut original, addr).map_err(|source| InjectError::Code { tid, addr, source })?;
+    mem.read_exact_at(&mut original, addr)
+        .map_err(|source| InjectError::Code { tid, addr, source })?;
     let borrowed = BorrowedCode { addr, original };
-    mem.write_all_at(&TRAMPOLINE, addr).map_err(|source| InjectError::Code { tid, addr, source })?;
+    mem.write_all_at(&TRAMPOLINE, addr)
+        .map_err(|source| InjectError::Code { tid, addr, source })?;
 
     let outcome = run_trampoline(tid, saved, addr, nr, args, trace_clone, timeout);
 
     // Put everything back whatever happened; report the first failure.
-    let restored_code = mem.write_all_at(&borrowed.original, addr).map_err(|source| InjectError::Code { tid, addr, source });
+    let restored_code = mem
+        .write_all_at(&borrowed.original, addr)
+        .map_err(|source| InjectError::Code { tid, addr, source });
     let restored_regs = ptrace::set_regs(tid, saved).map_err(pt("SETREGS"));
     let (result, child) = outcome?;
     restored_code?;
     restored_regs?;
-    Ok(Injected { result, child, borrowed })
+    Ok(Injected {
+        result,
+        child,
+        borrowed,
+    })
 }
 
 fn run_trampoline(
@@ -139,6 +191,7 @@ fn run_trampoline(
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }
+            TraceStop::GroupOrInterrupt { .. } => ptrace::resume(tid).map_err(pt("CONT"))?,
             TraceStop::Event { event } => {
                 if event == PTRACE_EVENT_CLONE {
                     let new = ptrace::event_message(tid).map_err(pt("GETEVENTMSG"))? as i32;
@@ -146,7 +199,11 @@ fn run_trampoline(
                     // From here on the child dies with coresnap. Before
                     // this, had coresnap died, the child would have run
                     // the trampoline's exit_group and nothing else.
-                    ptrace::set_options(new, false, true).map_err(|errno| InjectError::Ptrace { tid: new, op: "SETOPTIONS", errno })?;
+                    ptrace::set_options(new, false, true).map_err(|errno| InjectError::Ptrace {
+                        tid: new,
+                        op: "SETOPTIONS",
+                        errno,
+                    })?;
                     child = Some(new);
                 }
                 ptrace::resume(tid).map_err(pt("CONT"))?;
@@ -154,7 +211,9 @@ fn run_trampoline(
             TraceStop::Signal { signal } if signal == libc::SIGTRAP => {
                 break ptrace::get_regs(tid).map_err(pt("GETREGS"))?.rax as i64;
             }
-            TraceStop::Signal { signal } => return Err(InjectError::UnexpectedSignal { tid, signal }),
+            TraceStop::Signal { signal } => {
+                return Err(InjectError::UnexpectedSignal { tid, signal });
+            }
             TraceStop::Exited => return Err(InjectError::ThreadGone { tid }),
         }
     };
@@ -166,11 +225,24 @@ fn run_trampoline(
 
 fn wait_child_stopped(child: i32, deadline: Instant) -> Result<(), InjectError> {
     loop {
-        match ptrace::poll_trace_stop(child).map_err(|errno| InjectError::Ptrace { tid: child, op: "waitpid", errno })? {
-            TraceStop::NotYet if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(50)),
-            TraceStop::NotYet => return Err(InjectError::Timeout { tid: child, timeout: Duration::ZERO }),
+        match ptrace::poll_trace_stop(child).map_err(|errno| InjectError::Ptrace {
+            tid: child,
+            op: "waitpid",
+            errno,
+        })? {
+            TraceStop::NotYet if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(50))
+            }
+            TraceStop::NotYet => {
+                return Err(InjectError::Timeout {
+                    tid: child,
+                    timeout: Duration::ZERO,
+                });
+            }
             TraceStop::Exited => return Err(InjectError::ThreadGone { tid: child }),
-            TraceStop::Event { .. } | TraceStop::Signal { .. } => return Ok(()),
+            TraceStop::Event { .. }
+            | TraceStop::Signal { .. }
+            | TraceStop::GroupOrInterrupt { .. } => return Ok(()),
         }
     }
 }

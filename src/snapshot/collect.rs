@@ -8,6 +8,7 @@ use crate::process::info;
 use crate::process::maps::{self, MapsError};
 use crate::process::memory::MemoryReader;
 use crate::sys::pagemap::PageMap;
+use crate::watch::SignalTrigger;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -32,12 +33,26 @@ pub fn collect(
     policy: SelectionPolicy,
     memory: &MemoryReader,
 ) -> Result<Snapshot, CollectError> {
+    collect_with_signal(frozen, state_before, policy, memory, None)
+}
+
+/// As [`collect`], for a snapshot caused by a signal: the thread that
+/// received it comes first and carries its `siginfo_t`, and every thread's
+/// NT_PRSTATUS names the signal, as in the kernel's own cores.
+pub fn collect_with_signal(
+    frozen: &FrozenProcess,
+    state_before: u8,
+    policy: SelectionPolicy,
+    memory: &MemoryReader,
+    signal: Option<&SignalTrigger>,
+) -> Result<Snapshot, CollectError> {
     let pid = frozen.pid();
     let proc_err = |what| move |source| CollectError::Proc { pid, what, source };
     let process = info::process_info(pid, state_before).map_err(proc_err("status"))?;
 
     let mut tids: Vec<i32> = frozen.threads().iter().map(|t| t.tid).collect();
-    tids.sort_unstable_by_key(|&tid| (tid != pid, tid));
+    let first = signal.map_or(pid, |s| s.tid);
+    tids.sort_unstable_by_key(|&tid| (tid != first, tid != pid, tid));
     let mut threads = Vec::with_capacity(tids.len());
     for tid in tids {
         let registers =
@@ -51,8 +66,8 @@ pub fn collect(
             registers,
             signals_pending: facts.signals_pending,
             signals_blocked: facts.signals_blocked,
-            current_signal: 0,
-            siginfo: None,
+            current_signal: signal.map_or(0, |s| s.signal),
+            siginfo: signal.filter(|s| s.tid == tid).map(|s| s.siginfo),
             user_time: facts.user_time,
             system_time: facts.system_time,
             children_user_time: facts.children_user_time,
@@ -62,8 +77,18 @@ pub fn collect(
 
     let auxv = info::auxv(pid).map_err(proc_err("auxv"))?;
     let smaps = info::smaps(pid).map_err(proc_err("smaps"))?;
-    let mappings =
+    let mut mappings =
         maps::parse_smaps(&smaps).map_err(|source| CollectError::Maps { pid, source })?;
+    // smaps shows a newline in a file name as `\012` but leaves a literal
+    // `\012` alone; the map_files link has the name byte for byte.
+    for mapping in mappings
+        .iter_mut()
+        .filter(|m| m.is_file() && m.name.contains(&b'\n'))
+    {
+        if let Some(real) = info::mapped_file_path(pid, mapping.start, mapping.end) {
+            mapping.name = real;
+        }
+    }
     // Without a page map every byte is read; the core is still exact, only
     // slower on sparse processes.
     let mut page_map = PageMap::open(pid).ok();

@@ -29,6 +29,13 @@ pub fn seize(tid: i32) -> Result<(), Errno> {
     ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty())
 }
 
+/// `PTRACE_SEIZE` with `PTRACE_O_TRACECLONE`, so that threads the tracee
+/// creates are attached too (a seized thread that runs cannot be given
+/// options later).
+pub fn seize_tracing_clones(tid: i32) -> Result<(), Errno> {
+    ptrace::seize(Pid::from_raw(tid), ptrace::Options::PTRACE_O_TRACECLONE)
+}
+
 pub fn interrupt(tid: i32) -> Result<(), Errno> {
     ptrace::interrupt(Pid::from_raw(tid))
 }
@@ -109,19 +116,38 @@ pub fn get_regset(tid: i32, note_type: u32, buf: &mut [u8]) -> Result<usize, Err
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TraceStop {
     /// A `PTRACE_EVENT_*` stop (`event` is its number).
-    Event { event: i32 },
+    Event {
+        event: i32,
+    },
     /// Signal-delivery stop for `signal`.
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
+    /// `PTRACE_EVENT_STOP`: a group-stop (`signal` is the stop signal) or
+    /// the stop after PTRACE_INTERRUPT or auto-attach (`signal` is SIGTRAP).
+    GroupOrInterrupt {
+        signal: i32,
+    },
     Exited,
     NotYet,
 }
 
 pub fn poll_trace_stop(tid: i32) -> Result<TraceStop, Errno> {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG))? {
+    match waitpid(
+        Pid::from_raw(tid),
+        Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
+    )? {
         WaitStatus::StillAlive => Ok(TraceStop::NotYet),
+        WaitStatus::PtraceEvent(_, signal, event) if event == libc::PTRACE_EVENT_STOP => {
+            Ok(TraceStop::GroupOrInterrupt {
+                signal: signal as i32,
+            })
+        }
         WaitStatus::PtraceEvent(_, _, event) => Ok(TraceStop::Event { event }),
-        WaitStatus::Stopped(_, signal) => Ok(TraceStop::Signal { signal: signal as i32 }),
+        WaitStatus::Stopped(_, signal) => Ok(TraceStop::Signal {
+            signal: signal as i32,
+        }),
         WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Ok(TraceStop::Exited),
         _ => Ok(TraceStop::NotYet),
     }
@@ -145,7 +171,7 @@ pub fn resume(tid: i32) -> Result<(), Errno> {
 
 /// `PTRACE_GETEVENTMSG`: for a clone event, the new task's pid.
 pub fn event_message(tid: i32) -> Result<i64, Errno> {
-    ptrace::getevent(Pid::from_raw(tid)).map(i64::from)
+    ptrace::getevent(Pid::from_raw(tid))
 }
 
 pub fn get_regs(tid: i32) -> Result<libc::user_regs_struct, Errno> {
@@ -154,4 +180,75 @@ pub fn get_regs(tid: i32) -> Result<libc::user_regs_struct, Errno> {
 
 pub fn set_regs(tid: i32, regs: libc::user_regs_struct) -> Result<(), Errno> {
     ptrace::setregs(Pid::from_raw(tid), regs)
+}
+
+/// Resumes a stopped tracee, delivering `signal` (the one it stopped on, for
+/// a signal that is passed through unchanged).
+pub fn resume_with(tid: i32, signal: Option<i32>) -> Result<(), Errno> {
+    let sig = signal.and_then(|s| Signal::try_from(s).ok());
+    ptrace::cont(Pid::from_raw(tid), sig)
+}
+
+/// `PTRACE_LISTEN`: leave a seized tracee in its group-stop (as SIGSTOP
+/// asked) while still reporting when it is continued.
+pub fn listen(tid: i32) -> Result<(), Errno> {
+    // SAFETY: PTRACE_LISTEN takes no pointers (addr and data are ignored).
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_LISTEN,
+            tid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `PTRACE_GETSIGINFO`: the raw 128-byte `siginfo_t` of the signal a tracee
+/// is stopped on, kept as bytes because it goes into the core unchanged.
+pub fn get_siginfo(tid: i32) -> Result<[u8; 128], Errno> {
+    let mut raw = [0u8; 128];
+    // SAFETY: the kernel writes exactly sizeof(siginfo_t) = 128 bytes to the
+    // data pointer, and `raw` is 128 writable bytes.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            tid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            raw.as_mut_ptr() as *mut libc::c_void,
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(raw) }
+}
+
+/// Any event from any tracee of this thread (`waitpid(-1, __WALL|WNOHANG)`):
+/// the pid it concerns and what happened.
+pub fn poll_any() -> Result<Option<(i32, TraceStop)>, Errno> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let status = match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+        Err(Errno::ECHILD) => return Ok(None),
+        other => other?,
+    };
+    let stop = match status {
+        WaitStatus::StillAlive => return Ok(None),
+        WaitStatus::PtraceEvent(pid, signal, event) => (
+            pid,
+            if event == libc::PTRACE_EVENT_STOP {
+                TraceStop::GroupOrInterrupt {
+                    signal: signal as i32,
+                }
+            } else {
+                TraceStop::Event { event }
+            },
+        ),
+        WaitStatus::Stopped(pid, signal) => (
+            pid,
+            TraceStop::Signal {
+                signal: signal as i32,
+            },
+        ),
+        WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => (pid, TraceStop::Exited),
+        _ => return Ok(None),
+    };
+    Ok(Some((stop.0.as_raw(), stop.1)))
 }

@@ -259,6 +259,8 @@ pub enum Program {
     ManyMaps,
     /// `counter.c` as a PIE.
     Counter,
+    /// `crasher.c` as a PIE.
+    Crasher,
 }
 
 impl Program {
@@ -271,6 +273,7 @@ impl Program {
             Program::Sparse => "sparse",
             Program::ManyMaps => "many_maps",
             Program::Counter => "counter",
+            Program::Crasher => "crasher",
         }
     }
     fn source(self) -> &'static str {
@@ -281,6 +284,7 @@ impl Program {
             Program::Sparse => "sparse.c",
             Program::ManyMaps => "many_maps.c",
             Program::Counter => "counter.c",
+            Program::Crasher => "crasher.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {

@@ -183,6 +183,29 @@ def main():
               f"{fmt_ms(b['worst_pause'])} | {status} |")
     w("")
 
+    ztools = sorted({k[1] for k in groups if k[1].startswith("coresnap-z")},
+                    key=lambda x: int(x[len("coresnap-z"):]) if x[len("coresnap-z"):].lstrip("-").isdigit() else 0)
+    if ztools:
+        w("## Compression (`-z`)")
+        w("")
+        w("`coresnap --compress=N` writes the zstd seekable file directly; its "
+          "rows above show the core's length as *logical* and the `.zst` as "
+          "*on disk*, so *throughput* is core bytes per second (the manifest, "
+          "hashed after the target is released, included in the wall time).")
+        w("")
+        w("| Target | Level | Core MiB | .zst MiB | Ratio | Core MiB/s | Pause ms |")
+        w("|---|--:|--:|--:|--:|--:|--:|")
+        for t in targets_present:
+            for z in ztools:
+                b = best(t, z)
+                if not b or b["wall"] is None or not b["logical"]:
+                    continue
+                ratio = "" if b["disk"] is None else f"{b['disk'] / b['logical']:.3f}"
+                w(f"| {TARGET_TITLE.get(t, t)} | {z[len('coresnap-z'):]} | {fmt_mib(b['logical'])} | "
+                  f"{fmt_mib(b['disk'])} | {ratio} | {b['logical'] / MIB / b['wall']:,.0f} | "
+                  f"{fmt_ms(b['pause'])} |")
+        w("")
+
     have_ours = [o for o in OURS
                  if any((best(t, o) or {}).get("wall") is not None for t in targets_present)]
     if have_ours:

@@ -25,8 +25,10 @@ usage: bench/run.sh [options]
   --targets LIST       comma list from: sparse,dense,maps,small,python
                        (default: sparse,dense,maps,small)
   --python             add the python target to the list
-  --tools LIST         comma list from: gcore,coresnap,coresnap-cow,elfcore,kernel,stream
-                       (default: all; 'stream' = coresnap -o - on the dense target)
+  --tools LIST         comma list from: gcore,coresnap,coresnap-cow,elfcore,kernel,stream,
+                       coresnap-zN (coresnap --compress=N, any zstd level N)
+                       (default: all, with coresnap-z1 and coresnap-z3;
+                       'stream' = coresnap -o - on the dense target)
   --timeout SEC        give up on one dump after SEC seconds (default 300)
   --workdir DIR        parent of the scratch dir for cores (default: bench/.scratch,
                        i.e. the repository's filesystem)
@@ -44,7 +46,7 @@ EOF
 ROUNDS=2
 TARGETS=sparse,dense,maps,small
 WANT_PYTHON=0
-TOOLS=gcore,coresnap,coresnap-cow,elfcore,kernel,stream
+TOOLS=gcore,coresnap,coresnap-cow,elfcore,kernel,stream,coresnap-z1,coresnap-z3
 TIMEOUT=300
 WORKPARENT=$BENCH/.scratch
 OUT=
@@ -138,7 +140,7 @@ if [ "$BUILD" = 1 ]; then
             "$BENCH/targets/$t.c" "$BENCH/targets/heartbeat.c" || {
             echo "cannot build target $t" >&2; exit 1; }
     done
-    if has_tool coresnap || has_tool coresnap-cow || has_tool stream; then
+    if has_tool coresnap || has_tool coresnap-cow || has_tool stream || [[ ",$TOOLS," == *,coresnap-z* ]]; then
         log "building coresnap (cargo build --release)"
         if ! (cd "$REPO" && cargo build --release) > "$WORK/build-coresnap.log" 2>&1; then
             CORESNAP_SKIP="cargo build --release failed: $(grep -m1 '^error' "$WORK/build-coresnap.log")"
@@ -164,13 +166,18 @@ fi
 
 # ------------------------------------------------------- tool availability
 declare -A SKIP   # tool -> reason it is skipped for the whole run
+ZTOOLS=()         # coresnap-zN: coresnap --compress=N
+IFS=, read -r -a _tools <<< "$TOOLS"
+for tool in "${_tools[@]}"; do
+    [[ $tool =~ ^coresnap-z-?[0-9]+$ ]] && ZTOOLS+=("$tool")
+done
 for tool in gcore coresnap coresnap-cow elfcore kernel stream; do
     has_tool "$tool" || SKIP[$tool]="not selected (--tools)"
 done
 if [ -z "${SKIP[gcore]:-}" ] && ! command -v gcore > /dev/null; then
     SKIP[gcore]="gcore not found in PATH"
 fi
-for tool in coresnap coresnap-cow stream; do
+for tool in coresnap coresnap-cow stream "${ZTOOLS[@]}"; do
     [ -n "${SKIP[$tool]:-}" ] && continue
     if [ -n "$CORESNAP_SKIP" ]; then SKIP[$tool]=$CORESNAP_SKIP
     elif [ ! -x "$CORESNAP" ]; then SKIP[$tool]="no binary at $CORESNAP"
@@ -184,10 +191,16 @@ elif ! printf '%s' "$msg" | grep -q -- '-o'; then
     CORESNAP_SKIP="'coresnap --help' does not document -o (said: $(printf '%s' "$msg" | grep -m1 . | cut -c1-60))"
 fi
 if [ -n "$CORESNAP_SKIP" ]; then
-    for tool in coresnap coresnap-cow stream; do
+    for tool in coresnap coresnap-cow stream "${ZTOOLS[@]}"; do
         [ -n "${SKIP[$tool]:-}" ] || SKIP[$tool]=$CORESNAP_SKIP
     done
 fi
+for tool in "${ZTOOLS[@]}"; do
+    [ -n "${SKIP[$tool]:-}" ] && continue
+    if ! msg=$("$CORESNAP" "--compress=${tool#coresnap-z}" --help 2>&1); then
+        SKIP[$tool]="coresnap rejects '--compress=${tool#coresnap-z}': $(printf '%s' "$msg" | grep -m1 .)"
+    fi
+done
 if [ -z "${SKIP[coresnap-cow]:-}" ]; then
     # clap-style parsers reject an unknown option or value before --help.
     if ! msg=$("$CORESNAP" --mode cow --help 2>&1); then
@@ -208,7 +221,7 @@ if [ -z "${SKIP[kernel]:-}" ]; then
         SKIP[kernel]="cannot raise ulimit -c"
     fi
 fi
-for tool in gcore coresnap coresnap-cow elfcore kernel stream; do
+for tool in gcore coresnap coresnap-cow elfcore kernel stream "${ZTOOLS[@]}"; do
     if [ -n "${SKIP[$tool]:-}" ] && has_tool "$tool"; then
         log "SKIP $tool: ${SKIP[$tool]}"
     fi
@@ -315,6 +328,14 @@ last_error() {
     printf 'exit %s: %s' "$RC" "$msg"
 }
 
+is_zstd() { # FILE: zstd frame magic
+    [ "$(od -An -tx1 -N4 "$1" 2>/dev/null | tr -d ' \n')" = 28b52ffd ]
+}
+
+core_len_from_manifest() { # JSON -> core.length
+    "${PYTHON:-python3}" -c 'import json, sys; print(json.load(open(sys.argv[1]))["core"]["length"])' "$1" 2>/dev/null
+}
+
 is_elf_core() { # FILE: ELF magic and e_type == ET_CORE (4, little endian)
     local hdr
     hdr=$(od -An -tx1 -N18 "$1" 2>/dev/null | tr -d ' \n')
@@ -336,15 +357,17 @@ dump_cmd() { # TOOL PID PREFIX -> command string
         gcore) printf 'exec gcore -o %q %q' "$3" "$2" ;;
         coresnap) printf 'exec %q -o %q %q' "$CORESNAP" "$3" "$2" ;;
         coresnap-cow) printf 'exec %q --mode cow -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        coresnap-z*) printf 'exec %q --compress=%s -o %q %q' "$CORESNAP" "${1#coresnap-z}" "$3" "$2" ;;
         elfcore) printf 'exec %q %q %q' "$ELFCORE" "$2" "$3.$2" ;;
     esac
 }
 
 measure_attach_tool() { # TARGET TOOL ROUND PID REPORTFILE
     local target=$1 tool=$2 round=$3 pid=$4 rep=$5
-    local prefix=$WORK/core-$tool file pause note status disk logical
+    local prefix=$WORK/core-$tool file pause note status disk logical zst=0
     file=$prefix.$pid
-    rm -f "$file"
+    [[ $tool == coresnap-z* ]] && { zst=1; file+=.zst; }
+    rm -f "$file" "$file.json"
     hb_request "$pid" "$rep" USR1 > /dev/null
     timed "$(dump_cmd "$tool" "$pid" "$prefix")"
     pause=$(hb_request "$pid" "$rep" USR2) || kill -CONT "$pid" 2>/dev/null
@@ -354,7 +377,9 @@ measure_attach_tool() { # TARGET TOOL ROUND PID REPORTFILE
         status=FAIL; note+=$(last_error)
     elif [ ! -f "$file" ]; then
         status=FAIL; note+="exit 0 but no file at PREFIX.PID"
-    elif ! is_elf_core "$file"; then
+    elif [ "$zst" = 1 ] && ! is_zstd "$file"; then
+        status=FAIL; note+="output is not a zstd file"
+    elif [ "$zst" = 0 ] && ! is_elf_core "$file"; then
         status=FAIL; note+="output is not an ELF core file"
     else
         status=ok
@@ -362,8 +387,11 @@ measure_attach_tool() { # TARGET TOOL ROUND PID REPORTFILE
     if [ -f "$file" ]; then
         disk=$(du -B1 "$file" | cut -f1)
         logical=$(stat -c %s "$file")
+        # -z: logical = the core's length (from the manifest), on disk = the
+        # compressed file, so throughput is core bytes per second.
+        [ "$zst" = 1 ] && logical=$(core_len_from_manifest "$file.json")
     fi
-    rm -f "$file"
+    rm -f "$file" "$file.json"
     sync
     row "$target" "$tool" "$round" "$status" "$WALL" "$disk" "$logical" "$pause" "$note"
     log "$target/$tool round $round: $status ${WALL}s disk=${disk:-?} size=${logical:-?} pause_us=$pause $note"
@@ -469,7 +497,7 @@ machine_info() {
 machine_info
 
 # ---------------------------------------------------------------- main loop
-BASE_TOOLS=(gcore coresnap coresnap-cow elfcore)
+BASE_TOOLS=(gcore coresnap coresnap-cow elfcore "${ZTOOLS[@]}")
 declare -A DESC
 IFS=, read -r -a TARGET_LIST <<< "$TARGETS"
 log "work dir $WORK; targets: ${TARGET_LIST[*]}; rounds: $ROUNDS"
@@ -509,7 +537,7 @@ done
 # ---------------------------------------------------------------- report
 echo "| Load average at end | $(cut -d' ' -f1-3 /proc/loadavg) |" >> "$MACHINE"
 {
-    for tool in gcore coresnap coresnap-cow elfcore kernel stream; do
+    for tool in gcore coresnap coresnap-cow elfcore kernel stream "${ZTOOLS[@]}"; do
         if [ -n "${SKIP[$tool]:-}" ] && has_tool "$tool"; then
             printf '%s\t%s\n' "$tool" "${SKIP[$tool]}"
         fi

@@ -63,12 +63,14 @@ pub struct CowCopy {
 
 fn meminfo_kb(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
 }
 
 fn status_field(pid: i32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
 }
 
 /// Whether a copy-on-write dump is safe, decided before anything is changed
@@ -81,9 +83,17 @@ fn check_preconditions(frozen: &FrozenProcess, snapshot: &Snapshot) -> Result<()
     let available_kb = meminfo_kb("MemAvailable:").unwrap_or(0);
     let anon_kb = status_field(pid, "RssAnon:").unwrap_or(0);
     if anon_kb > available_kb / 2 {
-        return Err(CowError::NotEnoughMemory { anon_mib: anon_kb >> 10, available_mib: available_kb >> 10 });
+        return Err(CowError::NotEnoughMemory {
+            anon_mib: anon_kb >> 10,
+            available_mib: available_kb >> 10,
+        });
     }
-    let preload: u64 = snapshot.regions.iter().filter(|r| needs_preload(r)).map(|r| r.dumped_len()).sum();
+    let preload: u64 = snapshot
+        .regions
+        .iter()
+        .filter(|r| needs_preload(r))
+        .map(|r| r.dumped_len())
+        .sum();
     if preload > available_kb * 1024 / 4 {
         return Err(CowError::TooMuchSharedMemory { mib: preload >> 20 });
     }
@@ -111,13 +121,19 @@ impl CowCopy {
             let mut bytes = vec![0u8; region.dumped_len() as usize];
             let mut unreadable = Vec::new();
             target_memory.read(region.mapping.start, &mut bytes, &mut unreadable)?;
-            preloaded.push(Preloaded { start: region.mapping.start, bytes, unreadable });
+            preloaded.push(Preloaded {
+                start: region.mapping.start,
+                bytes,
+                unreadable,
+            });
         }
         // clone(flags = 0): a fork with no exit signal, so the target gets
         // no SIGCHLD for it and a plain wait() in the target cannot reap it.
         let injected = inject::inject_syscall(pid, pid, SYS_CLONE, [0; 6], true, timeout)?;
         let Some(child) = injected.child else {
-            return Err(CowError::CloneFailed(nix::errno::Errno::from_raw((-injected.result) as i32)));
+            return Err(CowError::CloneFailed(nix::errno::Errno::from_raw(
+                (-injected.result) as i32,
+            )));
         };
         let child_memory = match MemoryReader::open(child) {
             Ok(reader) => reader,
@@ -127,7 +143,15 @@ impl CowCopy {
                 return Err(e.into());
             }
         };
-        Ok(CowCopy { target: pid, child, child_memory, preloaded, borrowed: injected.borrowed, timeout, finished: false })
+        Ok(CowCopy {
+            target: pid,
+            child,
+            child_memory,
+            preloaded,
+            borrowed: injected.borrowed,
+            timeout,
+            finished: false,
+        })
     }
 
     pub fn child_pid(&self) -> i32 {
@@ -154,12 +178,25 @@ impl Drop for CowCopy {
 }
 
 impl MemorySource for CowCopy {
-    fn read(&self, addr: u64, buf: &mut [u8], unreadable: &mut Vec<Unreadable>) -> Result<(), MemoryError> {
+    fn read(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
         let end = addr + buf.len() as u64;
-        if let Some(pre) = self.preloaded.iter().find(|p| p.start <= addr && end <= p.start + p.bytes.len() as u64) {
+        if let Some(pre) = self
+            .preloaded
+            .iter()
+            .find(|p| p.start <= addr && end <= p.start + p.bytes.len() as u64)
+        {
             let from = (addr - pre.start) as usize;
             buf.copy_from_slice(&pre.bytes[from..from + buf.len()]);
-            unreadable.extend(pre.unreadable.iter().filter(|u| u.start < end && addr < u.start + u.len));
+            unreadable.extend(
+                pre.unreadable
+                    .iter()
+                    .filter(|u| u.start < end && addr < u.start + u.len),
+            );
         } else {
             self.child_memory.read(addr, buf, unreadable)?;
         }
@@ -176,7 +213,10 @@ impl MemorySource for CowCopy {
 }
 
 fn kill_and_wait(child: i32, timeout: Duration) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         match ptrace::poll_stop(child) {
@@ -190,14 +230,22 @@ fn kill_and_wait(child: i32, timeout: Duration) {
 /// and lets it go: the dead clone is the target's child, and only the
 /// target can remove it from the process table.
 fn reap_in_target(pid: i32, child: i32, timeout: Duration) -> Result<(), InjectError> {
-    let pt = |op| move |errno| InjectError::Ptrace { tid: pid, op, errno };
+    let pt = |op| {
+        move |errno| InjectError::Ptrace {
+            tid: pid,
+            op,
+            errno,
+        }
+    };
     ptrace::seize(pid).map_err(pt("SEIZE"))?;
     let outcome = (|| {
         ptrace::interrupt(pid).map_err(pt("INTERRUPT"))?;
         let deadline = Instant::now() + timeout;
         let owed = loop {
             match ptrace::poll_stop(pid).map_err(pt("waitpid"))? {
-                StopEvent::NotYet if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(50)),
+                StopEvent::NotYet if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(50))
+                }
                 StopEvent::NotYet => return Err(InjectError::Timeout { tid: pid, timeout }),
                 StopEvent::Gone => return Err(InjectError::ThreadGone { tid: pid }),
                 StopEvent::Trapped { .. } => break None,

@@ -1,19 +1,27 @@
 //! The whole pipeline for one process: freeze, collect the snapshot, write
 //! the core into a sink while the target stays frozen, release.
 
+use crate::archive::scan::{self, ScanError};
 use crate::cancel::CancelToken;
 use crate::cow::CowCopy;
 use crate::elf::writer::{self, WriteError};
+use crate::manifest::build::{Context, Outcome};
+use crate::manifest::{self, FileEntry, Manifest, ZstdEntry};
 use crate::process::freeze::{FreezeError, FrozenProcess};
 use crate::process::info;
 use crate::process::memory::{MemoryError, MemoryReader, Unreadable};
-use crate::sink::{Sink, SparseFile, Stream};
+use crate::sink::hashing::Digests;
+use crate::sink::zstd_seekable::SeekableStats;
+use crate::sink::{
+    CompressOptions, HashingSink, HashingWriter, Sink, SparseFile, Stream, ZstdSeekableSink,
+};
 use crate::snapshot::collect::{self, CollectError};
 use crate::snapshot::select::{DEFAULT_FILTER, SelectionPolicy};
+use crate::watch::{self, SignalTrigger, WatchOutcome};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 
 /// Progress callback: (bytes read so far, bytes to read in all).
@@ -50,6 +58,18 @@ pub struct DumpOptions {
     pub progress: Option<ProgressFn>,
     /// How the target is kept still while its memory is copied.
     pub mode: DumpMode,
+    /// Instead of dumping now, stay attached and dump when a thread is about
+    /// to receive one of these signals (`--on-signal`); the signal is then
+    /// delivered unchanged.
+    pub on_signal: Option<Vec<i32>>,
+    /// Compress while writing, into the zstd seekable format (`-z`).
+    pub compress: Option<CompressOptions>,
+    /// Hash the core and the file and write the manifest (`<core>.json`,
+    /// or `manifest_path`). The CORESNAP note is in the core either way.
+    pub manifest: bool,
+    /// Where the manifest goes instead of next to the core; the only way
+    /// to get one for a stream.
+    pub manifest_path: Option<PathBuf>,
 }
 
 impl Default for DumpOptions {
@@ -62,6 +82,10 @@ impl Default for DumpOptions {
             cancel: CancelToken::new(),
             progress: None,
             mode: DumpMode::Stop,
+            on_signal: None,
+            compress: None,
+            manifest: true,
+            manifest_path: None,
         }
     }
 }
@@ -96,14 +120,29 @@ pub struct DumpReport {
     pub cow_fallback: Option<String>,
     /// Problems that did not stop the dump (e.g. cleaning up the clone).
     pub warnings: Vec<String>,
+    /// The signal that caused the dump (`on_signal`), with the thread that
+    /// received it.
+    pub trigger: Option<SignalTrigger>,
+    /// What was captured and how, with the hashes when they were computed
+    /// (see docs/MANIFEST.md).
+    pub manifest: Option<Box<Manifest>>,
+    /// Where the manifest was written.
+    pub manifest_path: Option<PathBuf>,
+    /// For a compressed core: frames and compressed size.
+    pub compressed: Option<SeekableStats>,
 }
 
 #[derive(Debug, Error)]
 pub enum DumpError {
     #[error(transparent)]
     Freeze(#[from] FreezeError),
-    #[error("--mode cow is not possible for process {pid}: {source}; nothing was changed in it (drop --no-fallback to dump it in stop mode)")]
-    Cow { pid: i32, source: crate::cow::CowError },
+    #[error(
+        "--mode cow is not possible for process {pid}: {source}; nothing was changed in it (drop --no-fallback to dump it in stop mode)"
+    )]
+    Cow {
+        pid: i32,
+        source: crate::cow::CowError,
+    },
     #[error(transparent)]
     Collect(#[from] CollectError),
     #[error(transparent)]
@@ -112,18 +151,47 @@ pub enum DumpError {
     Write(#[from] WriteError),
     #[error("{path} already exists; remove it or pass --force to replace it")]
     OutputExists { path: PathBuf },
-    #[error("cannot create the core in {dir}: {source}")]
+    #[error("cannot create the core in {dir}: {source}{}", output_hint(.source))]
     CreateOutput {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {source}{}", output_hint(.source))]
     OutputIo {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("process {pid} exited during the dump; no core was written")]
     TargetExited { pid: i32 },
+    #[error("process {pid} exited without receiving a watched signal; no core was written")]
+    ExitedWithoutSignal { pid: i32 },
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
+}
+
+/// What to do about an error writing the output.
+fn output_hint(error: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            " (free some space there, or write elsewhere with -o)"
+        }
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+            " (write to another directory with -o)"
+        }
+        _ => "",
+    }
+}
+
+/// An I/O error of the sink is an error writing `path`: say which file.
+fn at_output(path: &Path) -> impl Fn(DumpError) -> DumpError + '_ {
+    move |error| match error {
+        DumpError::Write(WriteError::Io(source)) => DumpError::OutputIo {
+            path: path.to_path_buf(),
+            source,
+        },
+        error => error,
+    }
 }
 
 impl DumpError {
@@ -131,88 +199,383 @@ impl DumpError {
     pub fn interrupted_by(&self) -> Option<i32> {
         match self {
             DumpError::Freeze(FreezeError::Interrupted { signal })
-            | DumpError::Write(WriteError::Interrupted { signal }) => Some(*signal),
+            | DumpError::Write(WriteError::Interrupted { signal })
+            | DumpError::Watch(crate::watch::WatchError::Interrupted { signal }) => Some(*signal),
             _ => None,
         }
     }
 }
 
 /// Dumps `pid` into any writer (a pipe, stdout, a socket); zero pages are
-/// written out since a stream cannot have holes.
+/// written out since a stream cannot have holes. With `options.compress`
+/// the stream is the zstd seekable file; a manifest is written only to
+/// `options.manifest_path`.
 pub fn dump_to_writer<W: Write>(
     pid: i32,
     out: W,
     options: &DumpOptions,
 ) -> Result<DumpReport, DumpError> {
-    let mut sink = Stream::new(out);
-    dump_into_sink(pid, &mut sink, options)
+    let stream_err = |source| DumpError::OutputIo {
+        path: PathBuf::from("standard output"),
+        source,
+    };
+    if let Some(path) = &options.manifest_path {
+        check_free(path, options.overwrite)?;
+    }
+    let (mut report, file) = match options.compress {
+        None => {
+            let mut sink = Stream::new(out);
+            let report = dump_into_sink(pid, &mut sink, options)?;
+            let file = report.manifest.as_ref().and_then(|m| core_as_file(m, "-"));
+            (report, file)
+        }
+        Some(compress) => {
+            let writer = HashingWriter::new(out, options.manifest);
+            let mut sink = ZstdSeekableSink::new(writer, compress).map_err(stream_err)?;
+            let mut report = dump_into_sink(pid, &mut sink, options)?;
+            let (writer, stats) = sink.complete().map_err(stream_err)?;
+            let (_, digests) = writer.into_parts();
+            let file = digests.map(|d| zstd_file("-", &stats, d));
+            report.compressed = Some(stats);
+            (report, file)
+        }
+    };
+    if let (Some(manifest), Some(file)) = (report.manifest.as_mut(), file) {
+        manifest.record_file(file);
+    }
+    if let (Some(manifest), Some(path)) = (report.manifest.as_ref(), options.manifest_path.as_ref())
+    {
+        write_manifest(manifest, path, options.overwrite)?.persist()?;
+        report.manifest_path = Some(path.clone());
+    }
+    Ok(report)
 }
 
-/// Dumps `pid` to `path`, a sparse file. The core is written under a
-/// temporary name in the same directory and renamed when complete, so a
-/// failed or interrupted dump leaves no file behind.
-pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<DumpReport, DumpError> {
-    if !options.overwrite && path.exists() {
+/// The manifest's name for the core at `path`: `<path>.json`.
+pub fn manifest_path_for(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+fn check_free(path: &Path, overwrite: bool) -> Result<(), DumpError> {
+    if !overwrite && std::fs::symlink_metadata(path).is_ok() {
         return Err(DumpError::OutputExists {
             path: path.to_path_buf(),
         });
     }
-    let dir = path
-        .parent()
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+/// A file written in its final directory without its final name, and given
+/// that name by [`Pending::persist`] (gone if dropped before).
+struct Pending {
+    temp: TempOutput,
+    path: PathBuf,
+    overwrite: bool,
+}
+
+/// The file being written: unnamed (`O_TMPFILE`) where the file system
+/// allows it, so that nothing is left behind even when coresnap is killed
+/// with SIGKILL (or by the OOM killer); else under a temporary name
+/// (`.NAME.XXXXXX.partial`), removed on every path coresnap survives.
+enum TempOutput {
+    Unnamed(std::fs::File),
+    Named(tempfile::NamedTempFile),
+}
+
+impl TempOutput {
+    fn as_file(&self) -> &std::fs::File {
+        match self {
+            TempOutput::Unnamed(file) => file,
+            TempOutput::Named(temp) => temp.as_file(),
+        }
+    }
+}
+
+fn temp_name(path: &Path) -> String {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "core".into());
+    format!(".{file_name}.")
+}
+
+/// Gives the unnamed `file` the name `path` (never replacing a file there
+/// unless `overwrite`).
+fn link_unnamed(file: &std::fs::File, path: &Path, overwrite: bool) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, AtFlags};
+    use std::os::fd::AsRawFd;
+    let link = |to: &Path| {
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        nix::unistd::linkat(
+            AT_FDCWD,
+            fd_path.as_str(),
+            AT_FDCWD,
+            to,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .map_err(std::io::Error::from)
+    };
+    if !overwrite {
+        return link(path);
+    }
+    // Replace atomically: link under a fresh temporary name, then rename.
     let temp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}."))
+        .prefix(&temp_name(path))
         .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|source| DumpError::CreateOutput {
-            dir: dir.to_path_buf(),
+        .make_in(parent_dir(path), |p| link(p))?;
+    temp.into_temp_path().persist(path).map_err(|e| e.error)
+}
+
+impl Pending {
+    fn create(path: &Path, overwrite: bool) -> Result<Pending, DumpError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = parent_dir(path);
+        let unnamed = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        let temp = match unnamed {
+            Ok(file) => TempOutput::Unnamed(file),
+            // No O_TMPFILE in this kernel or file system.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EISDIR | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) =>
+            {
+                TempOutput::Named(
+                    tempfile::Builder::new()
+                        .prefix(&temp_name(path))
+                        .suffix(".partial")
+                        .tempfile_in(dir)
+                        .map_err(|source| DumpError::CreateOutput {
+                            dir: dir.to_path_buf(),
+                            source,
+                        })?,
+                )
+            }
+            Err(source) => {
+                return Err(DumpError::CreateOutput {
+                    dir: dir.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Ok(Pending {
+            temp,
+            path: path.to_path_buf(),
+            overwrite,
+        })
+    }
+
+    fn io_err(&self) -> impl Fn(std::io::Error) -> DumpError + '_ {
+        move |source| DumpError::OutputIo {
+            path: self.path.clone(),
             source,
-        })?;
-    let mut report = {
-        let mut sink = SparseFile::new(temp.as_file());
-        dump_into_sink(pid, &mut sink, options)?
-    };
-    let io_err = |source| DumpError::OutputIo {
-        path: path.to_path_buf(),
-        source,
-    };
-    let disk = temp.as_file().metadata().map_err(io_err)?.blocks() * 512;
-    let persisted = if options.overwrite {
-        temp.persist(path)
-    } else {
-        temp.persist_noclobber(path)
-    };
-    persisted.map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-            DumpError::OutputExists {
-                path: path.to_path_buf(),
-            }
-        } else {
-            DumpError::OutputIo {
-                path: path.to_path_buf(),
-                source: e.error,
-            }
         }
-    })?;
+    }
+
+    fn persist(self) -> Result<(), DumpError> {
+        let Pending {
+            temp,
+            path,
+            overwrite,
+        } = self;
+        let persisted = match temp {
+            TempOutput::Unnamed(file) => link_unnamed(&file, &path, overwrite),
+            TempOutput::Named(temp) if overwrite => {
+                temp.persist(&path).map(drop).map_err(|e| e.error)
+            }
+            TempOutput::Named(temp) => temp.persist_noclobber(&path).map(drop).map_err(|e| e.error),
+        };
+        persisted.map_err(|error| {
+            if error.kind() == std::io::ErrorKind::AlreadyExists {
+                DumpError::OutputExists { path }
+            } else {
+                DumpError::OutputIo {
+                    path,
+                    source: error,
+                }
+            }
+        })
+    }
+}
+
+fn write_manifest(manifest: &Manifest, path: &Path, overwrite: bool) -> Result<Pending, DumpError> {
+    let pending = Pending::create(path, overwrite)?;
+    let mut file = pending.temp.as_file();
+    file.write_all(manifest.to_json().as_bytes())
+        .map_err(pending.io_err())?;
+    Ok(pending)
+}
+
+/// The file entry of an uncompressed core: the file is the core.
+fn core_as_file(manifest: &Manifest, name: &str) -> Option<FileEntry> {
+    let core = manifest.core.as_ref()?;
+    Some(FileEntry {
+        name: name.to_string(),
+        format: manifest::FORMAT_ELF.into(),
+        length: core.length,
+        blake3: core.blake3.clone()?,
+        sha256: core.sha256.clone()?,
+        zstd: None,
+    })
+}
+
+fn zstd_file(name: &str, stats: &SeekableStats, digests: Digests) -> FileEntry {
+    FileEntry {
+        name: name.to_string(),
+        format: manifest::FORMAT_ZSTD.into(),
+        length: stats.compressed_len,
+        blake3: digests.blake3_hex(),
+        sha256: digests.sha256_hex(),
+        zstd: Some(ZstdEntry {
+            level: stats.level,
+            frames: stats.frames,
+            frame_len: stats.frame_len,
+        }),
+    }
+}
+
+/// Dumps `pid` to `path`: a sparse file, or with `options.compress` the
+/// zstd seekable file, written directly (no uncompressed copy), plus the
+/// manifest `<path>.json` (or `options.manifest_path`). Everything is
+/// written under temporary names in the target directories and renamed
+/// when complete, so a failed or interrupted dump leaves no file behind;
+/// existing files are replaced only with `options.overwrite`.
+pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<DumpReport, DumpError> {
+    let started = Instant::now();
+    let manifest_path = options.manifest.then(|| {
+        options
+            .manifest_path
+            .clone()
+            .unwrap_or_else(|| manifest_path_for(path))
+    });
+    check_free(path, options.overwrite)?;
+    if let Some(m) = &manifest_path {
+        check_free(m, options.overwrite)?;
+    }
+    let core = Pending::create(path, options.overwrite)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The file is hashed after the target is released, by reading it back:
+    // hashing in the write path would lengthen the pause (docs/MANIFEST.md).
+    let mut report = match options.compress {
+        None => {
+            let mut sink = SparseFile::new(core.temp.as_file());
+            dump_with(pid, &mut sink, options, false).map_err(at_output(path))?
+        }
+        Some(compress) => {
+            let buffered = std::io::BufWriter::with_capacity(1 << 20, core.temp.as_file());
+            let mut sink = ZstdSeekableSink::new(buffered, compress).map_err(core.io_err())?;
+            let mut report = dump_with(pid, &mut sink, options, false).map_err(at_output(path))?;
+            let (buffered, stats) = sink.complete().map_err(core.io_err())?;
+            buffered
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .map_err(core.io_err())?;
+            report.compressed = Some(stats);
+            report
+        }
+    };
+    report.disk_usage = Some(
+        core.temp
+            .as_file()
+            .metadata()
+            .map_err(core.io_err())?
+            .blocks()
+            * 512,
+    );
+    let manifest_file = match (report.manifest.as_mut(), &manifest_path) {
+        (Some(manifest), Some(manifest_path)) => {
+            let file = core.temp.as_file();
+            let scanned = match &report.compressed {
+                Some(_) => scan::scan_zstd(file, &options.cancel),
+                None => scan::scan_elf(file, &options.cancel),
+            }
+            .map_err(|e| match e {
+                ScanError::Interrupted(signal) => {
+                    DumpError::Write(WriteError::Interrupted { signal })
+                }
+                ScanError::Io(source) => DumpError::OutputIo {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })?;
+            if let Some(e) = scanned.decode_error {
+                return Err(DumpError::OutputIo {
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
+            manifest.record_core_digests(&scanned.core);
+            let entry = match &report.compressed {
+                Some(stats) => zstd_file(&name, stats, scanned.file),
+                None => core_as_file(manifest, &name).expect("core digests just recorded"),
+            };
+            manifest.record_file(entry);
+            Some(write_manifest(manifest, manifest_path, options.overwrite)?)
+        }
+        _ => None,
+    };
+    core.persist()?;
+    if let Some(pending) = manifest_file {
+        let manifest_path = pending.path.clone();
+        if let Err(e) = pending.persist() {
+            // Leave nothing half-done behind: the core goes too.
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        report.manifest_path = Some(manifest_path);
+    }
     report.path = Some(path.to_path_buf());
-    report.disk_usage = Some(disk);
+    report.elapsed = started.elapsed();
     Ok(report)
 }
 
-/// The pipeline into an arbitrary sink.
+/// The pipeline into an arbitrary sink. With `options.manifest`, the core's
+/// bytes are hashed on their way into the sink (see [`dump_to_path`] for
+/// hashing after the release instead).
 pub fn dump_into_sink(
     pid: i32,
     sink: &mut dyn Sink,
     options: &DumpOptions,
 ) -> Result<DumpReport, DumpError> {
+    dump_with(pid, sink, options, options.manifest)
+}
+
+/// The pipeline; `hash_inline`: hash the core in the write path.
+fn dump_with(
+    pid: i32,
+    sink: &mut dyn Sink,
+    options: &DumpOptions,
+    hash_inline: bool,
+) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
+    let captured_at = SystemTime::now();
     let state_before = info::process_state(pid).map(|c| c as u8).unwrap_or(b'R');
-    let frozen = FrozenProcess::freeze(pid, options.freeze_timeout, &options.cancel)?;
+    let (frozen, trigger) = match &options.on_signal {
+        None => (
+            FrozenProcess::freeze(pid, options.freeze_timeout, &options.cancel)?,
+            None,
+        ),
+        Some(signals) => match watch::wait_for_signal(pid, signals, &options.cancel)? {
+            WatchOutcome::Signal(frozen, trigger) => (*frozen, Some(trigger)),
+            WatchOutcome::Exited => return Err(DumpError::ExitedWithoutSignal { pid }),
+        },
+    };
     let memory = MemoryReader::open(pid)?;
     let policy = SelectionPolicy {
         filter: options
@@ -221,7 +584,8 @@ pub fn dump_into_sink(
             .unwrap_or(DEFAULT_FILTER),
         all: options.all,
     };
-    let snapshot = collect::collect(&frozen, state_before, policy, &memory)?;
+    let snapshot =
+        collect::collect_with_signal(&frozen, state_before, policy, &memory, trigger.as_ref())?;
     let progress = |done: u64, total: u64| {
         if let Some(p) = &options.progress {
             p(done, total);
@@ -232,32 +596,75 @@ pub fn dump_into_sink(
         DumpMode::Stop => None,
         // A stopped target stays stopped either way: no pause to shorten.
         DumpMode::Cow { .. } if frozen.was_stopped() => {
-            cow_fallback = Some("the target was already stopped, so there is no pause to shorten".to_string());
+            cow_fallback =
+                Some("the target was already stopped, so there is no pause to shorten".to_string());
             None
         }
-        DumpMode::Cow { fallback } => match CowCopy::prepare(&frozen, &snapshot, &memory, options.freeze_timeout) {
-            Ok(copy) => Some(copy),
-            Err(source) if fallback => {
-                cow_fallback = Some(source.to_string());
-                None
+        DumpMode::Cow { fallback } => {
+            match CowCopy::prepare(&frozen, &snapshot, &memory, options.freeze_timeout) {
+                Ok(copy) => Some(copy),
+                Err(source) if fallback => {
+                    cow_fallback = Some(source.to_string());
+                    None
+                }
+                Err(source) => return Err(DumpError::Cow { pid, source }),
             }
-            Err(source) => return Err(DumpError::Cow { pid, source }),
-        },
+        }
     };
     let left_stopped = frozen.was_stopped();
-    let mode = if cow.is_some() { options.mode } else { DumpMode::Stop };
+    let mode = if cow.is_some() {
+        options.mode
+    } else {
+        DumpMode::Stop
+    };
     let mut warnings = Vec::new();
+    // The manifest's pre-copy facts go into the core as the CORESNAP note;
+    // the sink is wrapped to hash the core and count what each segment got.
+    let mut manifest = manifest::build::begin(
+        &snapshot,
+        &Context {
+            captured_at,
+            mode: mode_name(mode),
+            left_stopped,
+        },
+    );
+    let note = manifest::note::encode(&manifest);
+    let (_, _, layout) = writer::plan(&snapshot, vec![note.clone()]);
+    let ranges = snapshot
+        .regions
+        .iter()
+        .filter(|r| r.listed_in_core())
+        .zip(&layout.segment_offsets)
+        .map(|(r, &offset)| (offset, offset + r.dumped_len()))
+        .collect();
+    let mut measured = HashingSink::new(sink, hash_inline, ranges);
+    let sink: &mut dyn Sink = &mut measured;
+    let extra_notes = vec![note];
     let (written, pause) = match cow {
         Some(copy) => {
             let pause = frozen.release();
-            let written = writer::write_core(&snapshot, Vec::new(), &copy, sink, &options.cancel, &progress);
+            let written = writer::write_core(
+                &snapshot,
+                extra_notes,
+                &copy,
+                sink,
+                &options.cancel,
+                &progress,
+            );
             if let Err(e) = copy.finish() {
                 warnings.push(format!("cleaning up the copy-on-write clone: {e}"));
             }
             (written, pause)
         }
         None => {
-            let written = writer::write_core(&snapshot, Vec::new(), &memory, sink, &options.cancel, &progress);
+            let written = writer::write_core(
+                &snapshot,
+                extra_notes,
+                &memory,
+                sink,
+                &options.cancel,
+                &progress,
+            );
             (written, frozen.release())
         }
     };
@@ -268,6 +675,15 @@ pub fn dump_into_sink(
         }
         Err(e) => return Err(e.into()),
     };
+    // After the release: the hasher may still be catching up on holes.
+    let core_digests = measured.finish_hashing();
+    manifest.record_outcome(&Outcome {
+        pause,
+        layout: &layout,
+        written: measured.written(),
+        unreadable: &stats.unreadable,
+        core: core_digests,
+    });
     Ok(DumpReport {
         pid,
         path: None,
@@ -288,5 +704,17 @@ pub fn dump_into_sink(
         mode,
         cow_fallback,
         warnings,
+        trigger,
+        manifest: Some(Box::new(manifest)),
+        manifest_path: None,
+        compressed: None,
     })
+}
+
+/// The manifest's name for a mode.
+fn mode_name(mode: DumpMode) -> &'static str {
+    match mode {
+        DumpMode::Stop => "stop",
+        DumpMode::Cow { .. } => "cow",
+    }
 }

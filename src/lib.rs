@@ -11,9 +11,12 @@
 //!    for each under `coredump_filter`).
 //! 3. [`elf`]: the notes and the file layout, planned as pure arithmetic,
 //!    then written in file order while memory is read on a second thread.
-//! 4. [`sink`]: a sparse file (zero pages become holes) or any stream.
+//! 4. [`sink`]: a sparse file (zero pages become holes), any stream, or the
+//!    zstd seekable compressor; a wrapper counts and hashes what passes.
 //!
-//! [`dump`] ties them together.
+//! [`dump`] ties them together, with the [`manifest`] (the `CORESNAP` note
+//! inside the core and `<core>.json` next to it). [`archive`] works on cores
+//! afterwards: random access into a `.zst`, `unpack`, `verify`.
 //!
 //! ```no_run
 //! use coresnap::dump::{dump_to_path, DumpOptions};
@@ -23,14 +26,20 @@
 //! ```
 
 pub mod arch;
+pub mod archive;
 pub mod cancel;
 pub mod cow;
 pub mod dump;
 pub mod elf;
+pub mod inspect;
+pub mod manifest;
 pub mod process;
 pub mod sink;
 pub mod snapshot;
 mod sys;
+pub mod watch;
 
 pub use cancel::CancelToken;
-pub use dump::{DumpError, DumpMode, DumpOptions, DumpReport, dump_into_sink, dump_to_path, dump_to_writer};
+pub use dump::{
+    DumpError, DumpMode, DumpOptions, DumpReport, dump_into_sink, dump_to_path, dump_to_writer,
+};

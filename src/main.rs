@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod demo;
+mod inspect_cli;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +27,9 @@ mod demo;
   coresnap --filter 0x7f 1234   use coredump_filter bits 0x7f instead of the target's
   coresnap -o - 1234 | ssh host 'cat > core'
                                 stream the core to standard output
+  coresnap -z 1234              write core.1234.zst (zstd seekable) and core.1234.zst.json
+  coresnap unpack core.1234.zst restore core.1234 as a sparse file (same bytes as zstd -d)
+  coresnap verify core.1234.zst check the file against core.1234.zst.json
   coresnap demo                 dump a bundled demo process and show it in gdb
 
 Open a core with:  gdb /path/to/program core.1234"
@@ -82,6 +86,146 @@ struct Cli {
     /// falling back to stop mode when a clone cannot be made safely.
     #[arg(long = "no-fallback", requires = "mode")]
     no_fallback: bool,
+
+    /// Compress while dumping, into PREFIX.PID.zst in the zstd seekable
+    /// format (`zstd -d` gives the core back; `coresnap unpack` gives it back
+    /// as a sparse file). LEVEL is the zstd level, default 1 (negative:
+    /// faster; up to 19: smaller). Example: -z, --compress=3
+    #[arg(
+        short = 'z',
+        long = "compress",
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "1",
+        allow_negative_numbers = true
+    )]
+    compress: Option<i32>,
+
+    /// Threads compressing with -z (default: one per CPU). Example: --jobs 2
+    #[arg(long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+
+    /// Write no manifest (PREFIX.PID[.zst].json) and skip hashing; the
+    /// CORESNAP note is still in the core.
+    #[arg(long = "no-manifest")]
+    no_manifest: bool,
+
+    /// Write the manifest to PATH instead of next to the core (with -o -,
+    /// the only way to get one). Example: -o - --manifest core.json
+    #[arg(long = "manifest", value_name = "PATH", conflicts_with = "no_manifest")]
+    manifest: Option<PathBuf>,
+
+    /// Stay attached (the target runs at full speed) and dump when a thread
+    /// is about to receive one of these signals; the signal is then
+    /// delivered unchanged. Default list: SEGV,BUS,ABRT,FPE,ILL,SYS,TRAP.
+    /// Example: --on-signal, --on-signal=SEGV,ABRT
+    #[arg(
+        long = "on-signal",
+        value_name = "LIST",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "SEGV,BUS,ABRT,FPE,ILL,SYS,TRAP",
+        value_parser = parse_signal_list
+    )]
+    on_signal: Option<SignalList>,
+
+    /// Dump when the process uses more than PERCENT of a CPU (summed over
+    /// its threads) for --for. Example: --cpu-above 90 --for 10s
+    #[arg(long = "cpu-above", value_name = "PERCENT")]
+    cpu_above: Option<f64>,
+
+    /// Dump when resident memory exceeds SIZE (K, M, G suffixes) for --for.
+    /// Example: --rss-above 2G
+    #[arg(long = "rss-above", value_name = "SIZE", value_parser = parse_size)]
+    rss_above: Option<u64>,
+
+    /// Dump when the process has more than N threads for --for.
+    /// Example: --threads-above 500
+    #[arg(long = "threads-above", value_name = "N")]
+    threads_above: Option<u64>,
+
+    /// How long a condition must hold before a dump. Example: --for 30s
+    #[arg(long = "for", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    hold: Duration,
+
+    /// With a condition: dump at most COUNT times, as PREFIX.PID.1,
+    /// PREFIX.PID.2... Example: -n 3
+    #[arg(short = 'n', long = "count", value_name = "COUNT", default_value = "1")]
+    count: u32,
+
+    /// With a condition and -n: wait at least this long between dumps.
+    /// Example: --interval 1m
+    #[arg(long = "interval", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    interval: Duration,
+}
+
+/// Signal numbers, parsed from one `SEGV,ABRT` argument.
+#[derive(Clone, Debug)]
+struct SignalList(Vec<i32>);
+
+fn parse_signal_list(text: &str) -> Result<SignalList, String> {
+    text.split(',')
+        .map(|name| {
+            let name = name.trim().to_ascii_uppercase();
+            let full = if name.starts_with("SIG") {
+                name.clone()
+            } else {
+                format!("SIG{name}")
+            };
+            full.parse::<nix::sys::signal::Signal>()
+                .map(|s| s as i32)
+                .or_else(|_| {
+                    name.parse::<i32>()
+                        .map_err(|_| format!("{name:?} is not a signal name or number"))
+                })
+        })
+        .collect::<Result<Vec<i32>, String>>()
+        .map(SignalList)
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let scale = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1u64,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown unit (use K, M, G or T)")),
+    };
+    Ok((value * scale as f64) as u64)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,6 +239,78 @@ enum Command {
     /// Start a bundled multi-threaded demo program, dump it, show the core in
     /// gdb, and stop the demo. Example: coresnap demo
     Demo,
+    /// Restore a compressed core as a sparse core file, byte for byte what
+    /// `zstd -d` gives. Example: coresnap unpack core.1234.zst
+    Unpack {
+        /// The .zst file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Where to write the core (default: FILE without .zst).
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long = "force")]
+        force: bool,
+        /// Decompression threads (default: one per CPU).
+        #[arg(long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+    },
+    /// Check a core or a .zst against its manifest: hashes of the file and
+    /// of the core bytes, the segments, the CORESNAP note. Prints
+    /// "verified" and exits 0 when everything matches, else lists the
+    /// problems and exits 1. Example: coresnap verify core.1234.zst
+    Verify {
+        /// The core or .zst file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The manifest (default: FILE.json).
+        #[arg(long = "manifest", value_name = "PATH")]
+        manifest: Option<PathBuf>,
+    },
+    /// Describe a core (or its .zst) without a debugger: process, signal,
+    /// capture, threads with the function each is in, mappings, notes,
+    /// sizes, manifest check; --backtrace unwinds every thread.
+    /// Example: coresnap inspect --backtrace core.1234
+    Inspect(inspect_cli::InspectArgs),
+    /// Copy memory out of a core (or its .zst): every segment to files with
+    /// an index (--raw DIR), or one range to standard output (--addr, --len).
+    /// Example: coresnap extract --addr 0x7ffd1000 --len 4096 core.1234 > stack.bin
+    Extract(inspect_cli::ExtractArgs),
+}
+
+/// A dump notices a signal between two chunks of memory and cleans up in
+/// milliseconds. If it is stuck in a system call instead (writing to a pipe
+/// nobody reads, reading a file on a hung network file system), only exiting
+/// gets it out, and exiting is enough: the kernel detaches every thread
+/// coresnap traced, leaving a stopped target stopped and the rest running.
+fn exit_if_stuck_after_signal() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let signals = [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ];
+    let Ok(mut signals) = signal_hook::iterator::Signals::new(signals) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            std::thread::sleep(GRACE);
+            // Never leave the target in the middle of an injected system
+            // call (--mode cow): its code and registers are borrowed then.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while coresnap::process::inject::injection_in_progress()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            eprintln!(
+                "coresnap: still busy {} s after signal {signal}; exiting, which releases the target",
+                GRACE.as_secs()
+            );
+            std::process::exit(128 + signal);
+        }
+    });
 }
 
 fn parse_hex_mask(text: &str) -> Result<u32, String> {
@@ -113,8 +329,30 @@ fn main() -> ExitCode {
         // Registration only fails for forbidden signals, which these are not.
         let _ = signal_hook::flag::register_usize(signal, cancel.as_atomic(), signal as usize);
     }
-    if let Some(Command::Demo) = cli.command {
-        return demo::run(&cancel);
+    exit_if_stuck_after_signal();
+    match &cli.command {
+        Some(Command::Demo) => return demo::run(&cancel),
+        Some(Command::Unpack {
+            file,
+            output,
+            force,
+            jobs,
+        }) => {
+            return unpack(
+                file,
+                output.as_deref(),
+                *force,
+                jobs.unwrap_or(0) as usize,
+                cli.quiet,
+                &cancel,
+            );
+        }
+        Some(Command::Verify { file, manifest }) => {
+            return verify(file, manifest.as_deref(), &cancel);
+        }
+        Some(Command::Inspect(args)) => return inspect_cli::inspect(args),
+        Some(Command::Extract(args)) => return inspect_cli::extract(args),
+        None => {}
     }
     if !(cli.timeout > 0.0 && cli.timeout.is_finite()) {
         eprintln!("coresnap: --timeout must be a positive number of seconds");
@@ -133,9 +371,41 @@ fn main() -> ExitCode {
         progress: None,
         mode: match cli.mode {
             ModeArg::Stop => DumpMode::Stop,
-            ModeArg::Cow => DumpMode::Cow { fallback: !cli.no_fallback },
+            ModeArg::Cow => DumpMode::Cow {
+                fallback: !cli.no_fallback,
+            },
         },
+        compress: cli.compress.map(|level| coresnap::sink::CompressOptions {
+            level,
+            jobs: cli.jobs.unwrap_or(0) as usize,
+        }),
+        // A stream has no "next to it": hash only if the manifest goes somewhere.
+        manifest: !cli.no_manifest && (cli.output != "-" || cli.manifest.is_some()),
+        manifest_path: cli.manifest.clone(),
+        on_signal: cli.on_signal.clone().map(|list| list.0),
     };
+    let conditions: Vec<coresnap::watch::Condition> = [
+        cli.cpu_above.map(coresnap::watch::Condition::CpuAbove),
+        cli.rss_above.map(coresnap::watch::Condition::RssAbove),
+        cli.threads_above
+            .map(coresnap::watch::Condition::ThreadsAbove),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !conditions.is_empty() {
+        if cli.output == "-" || cli.on_signal.is_some() || cli.pids.len() > 1 {
+            eprintln!(
+                "coresnap: conditions watch one pid and write files; drop -o -, --on-signal or the extra pids"
+            );
+            return ExitCode::from(2);
+        }
+        return watch_conditions(&cli, cli.pids[0], &conditions, &options);
+    }
+    if cli.manifest.is_some() && cli.pids.len() > 1 {
+        eprintln!("coresnap: --manifest names one file; give a single pid");
+        return ExitCode::from(2);
+    }
     let mut failed = false;
     for &pid in &cli.pids {
         let mut options = options.clone();
@@ -150,9 +420,10 @@ fn main() -> ExitCode {
         let result = if cli.output == "-" {
             coresnap::dump_to_writer(pid, std::io::stdout().lock(), &options)
         } else {
+            let suffix = if cli.compress.is_some() { ".zst" } else { "" };
             coresnap::dump_to_path(
                 pid,
-                &PathBuf::from(format!("{}.{pid}", cli.output)),
+                &PathBuf::from(format!("{}.{pid}{suffix}", cli.output)),
                 &options,
             )
         };
@@ -162,7 +433,17 @@ fn main() -> ExitCode {
         match result {
             Ok(report) => {
                 if let Some(why) = &report.cow_fallback {
-                    eprintln!("coresnap: pid {pid}: --mode cow is not possible ({why}); dumped in stop mode");
+                    eprintln!(
+                        "coresnap: pid {pid}: --mode cow is not possible ({why}); dumped in stop mode"
+                    );
+                }
+                if let Some(trigger) = &report.trigger {
+                    let name = nix::sys::signal::Signal::try_from(trigger.signal)
+                        .map_or("?", |s| s.as_str());
+                    eprintln!(
+                        "coresnap: pid {pid}: thread {} was about to receive {name}; dumped, then delivered it",
+                        trigger.tid
+                    );
                 }
                 if !cli.quiet {
                     eprintln!("{}", summary(&report));
@@ -229,13 +510,24 @@ fn summary(report: &DumpReport) -> String {
         .path
         .as_ref()
         .map_or("standard output".to_string(), |p| p.display().to_string());
-    let size = match report.disk_usage {
-        Some(disk) => format!(
+    let size = match (&report.compressed, report.disk_usage) {
+        (Some(z), _) => format!(
+            "{}, {:.3}x of the {} core, {} frames",
+            human_bytes(z.compressed_len),
+            z.compressed_len as f64 / report.core_len.max(1) as f64,
+            human_bytes(report.core_len),
+            z.frames
+        ),
+        (None, Some(disk)) => format!(
             "{} on disk, {} logical",
             human_bytes(disk),
             human_bytes(report.core_len)
         ),
-        None => human_bytes(report.core_len),
+        (None, None) => human_bytes(report.core_len),
+    };
+    let size = match &report.manifest_path {
+        Some(m) => format!("{size}; manifest {}", m.display()),
+        None => size,
     };
     format!(
         "coresnap: pid {}: wrote {target} ({size}), {} threads, {} of {} mappings dumped, target paused {:.1} ms{}{}",
@@ -244,11 +536,161 @@ fn summary(report: &DumpReport) -> String {
         report.mappings_dumped,
         report.mappings,
         report.pause.as_secs_f64() * 1000.0,
-        if report.mode == DumpMode::Stop { "" } else { " (copy-on-write)" },
+        if report.mode == DumpMode::Stop {
+            ""
+        } else {
+            " (copy-on-write)"
+        },
         if report.left_stopped {
             " (left stopped, as it was)"
         } else {
             ""
         }
     )
+}
+
+fn unpack(
+    file: &std::path::Path,
+    output: Option<&std::path::Path>,
+    force: bool,
+    jobs: usize,
+    quiet: bool,
+    cancel: &CancelToken,
+) -> ExitCode {
+    let output = output.map_or_else(
+        || coresnap::archive::unpack::default_output(file),
+        std::path::Path::to_path_buf,
+    );
+    match coresnap::archive::unpack::unpack(file, &output, force, jobs, cancel) {
+        Ok(report) => {
+            if !quiet {
+                eprintln!(
+                    "coresnap: unpacked {} into {} ({} logical, {} on disk) in {:.2} s",
+                    file.display(),
+                    report.path.display(),
+                    human_bytes(report.len),
+                    human_bytes(report.disk_usage),
+                    report.elapsed.as_secs_f64()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(coresnap::archive::ArchiveError::Interrupted { signal }) => {
+            ExitCode::from(128 + signal as u8)
+        }
+        Err(error) => {
+            eprintln!("coresnap: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(
+    file: &std::path::Path,
+    manifest: Option<&std::path::Path>,
+    cancel: &CancelToken,
+) -> ExitCode {
+    let report = coresnap::archive::verify::verify(file, manifest, cancel);
+    print!("{}", report.render());
+    if let Some(signal) = report.interrupted {
+        return ExitCode::from(128 + signal as u8);
+    }
+    if report.verified() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--cpu-above` and friends: watch from /proc, dump when the conditions
+/// held for `--for`, up to `-n` times, `--interval` apart.
+fn watch_conditions(
+    cli: &Cli,
+    pid: i32,
+    conditions: &[coresnap::watch::Condition],
+    options: &DumpOptions,
+) -> ExitCode {
+    let on_terminal = std::io::stderr().is_terminal() && !cli.quiet;
+    let status = |r: &coresnap::watch::Reading, held: Option<Duration>| {
+        if on_terminal {
+            let held = held.map_or("not met".to_string(), |h| {
+                format!(
+                    "held {:.1}s of {:.1}s",
+                    h.as_secs_f64(),
+                    cli.hold.as_secs_f64()
+                )
+            });
+            eprint!(
+                "\r\x1b[Kcoresnap: watching pid {pid}: cpu {:.0}%, rss {}, {} threads ({held})",
+                r.cpu_percent,
+                human_bytes(r.rss_bytes),
+                r.threads
+            );
+        }
+    };
+    let period = Duration::from_millis(250).min(cli.hold.max(Duration::from_millis(10)));
+    for n in 1..=cli.count {
+        match coresnap::watch::wait_for_conditions(
+            pid,
+            conditions,
+            cli.hold,
+            period,
+            &options.cancel,
+            status,
+        ) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                eprintln!("\ncoresnap: process {pid} exited while being watched");
+                return if n == 1 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            Err(e) => {
+                if on_terminal {
+                    eprintln!();
+                }
+                eprintln!("coresnap: {e}");
+                return match &e {
+                    coresnap::watch::WatchError::Interrupted { signal } => {
+                        ExitCode::from(128 + *signal as u8)
+                    }
+                    _ => ExitCode::FAILURE,
+                };
+            }
+        }
+        if on_terminal {
+            eprintln!();
+        }
+        let path = PathBuf::from(format!(
+            "{}.{pid}.{n}{}",
+            cli.output,
+            if cli.compress.is_some() { ".zst" } else { "" }
+        ));
+        match coresnap::dump_to_path(pid, &path, options) {
+            Ok(report) => {
+                if !cli.quiet {
+                    eprintln!("{}", summary(&report));
+                }
+            }
+            Err(error) => {
+                eprintln!("coresnap: {error}");
+                return match error.interrupted_by() {
+                    Some(signal) => ExitCode::from(128 + signal as u8),
+                    None => ExitCode::FAILURE,
+                };
+            }
+        }
+        if n < cli.count {
+            let until = std::time::Instant::now() + cli.interval;
+            while std::time::Instant::now() < until {
+                if let Some(signal) = options.cancel.signal() {
+                    return ExitCode::from(128 + signal as u8);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -12,8 +12,12 @@ use std::time::Duration;
 fn children_of(pid: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
     for tid in thread_ids(pid) {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
-        for child in text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+        let text =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
+        for child in text
+            .split_whitespace()
+            .filter_map(|c| c.parse::<i32>().ok())
+        {
             let state = std::fs::read_to_string(format!("/proc/{child}/stat"))
                 .ok()
                 .and_then(|s| s.rsplit(") ").next()?.chars().next())
@@ -30,7 +34,10 @@ fn files_and_locks(pid: i32) -> (Vec<(String, String)>, Vec<String>) {
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
-            Some((e.file_name().to_string_lossy().into_owned(), std::fs::read_link(e.path()).ok()?.display().to_string()))
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_link(e.path()).ok()?.display().to_string(),
+            ))
         })
         .collect();
     fds.sort();
@@ -62,19 +69,35 @@ fn memory_is_the_freeze_instant_while_the_target_runs_on() {
     let before = files_and_locks(target.pid);
     let core = dump(Dumper::CoresnapCow, target.pid, scratch.path(), &[]);
     assert_running_untraced(target.pid);
-    assert!(children_of(target.pid).is_empty(), "children left: {:?}", children_of(target.pid));
-    assert_eq!(files_and_locks(target.pid), before, "open files or locks changed");
+    assert!(
+        children_of(target.pid).is_empty(),
+        "children left: {:?}",
+        children_of(target.pid)
+    );
+    assert_eq!(
+        files_and_locks(target.pid),
+        before,
+        "open files or locks changed"
+    );
 
     let spinner = target.num("spinner");
     let out = run_gdb(
         &target.exe,
         &core,
-        &["info threads", "thread 2", "p/x $r12", &format!("x/1gx {}", target.get("counter"))],
+        &[
+            "info threads",
+            "thread 2",
+            "p/x $r12",
+            &format!("x/1gx {}", target.get("counter")),
+        ],
     );
     assert!(out.contains(&format!("LWP {spinner}")), "{out}");
     let r12 = out
         .lines()
-        .find_map(|l| l.split_once("= 0x").map(|(_, v)| u64::from_str_radix(v.trim(), 16).unwrap()))
+        .find_map(|l| {
+            l.split_once("= 0x")
+                .map(|(_, v)| u64::from_str_radix(v.trim(), 16).unwrap())
+        })
         .expect("r12 printed");
     let memory = parse_x_words(out.lines().last().unwrap()).unwrap()[0];
     assert!(
@@ -85,10 +108,14 @@ fn memory_is_the_freeze_instant_while_the_target_runs_on() {
     let mem = std::fs::File::open(format!("/proc/{}/mem", target.pid)).unwrap();
     let live_counter = || {
         let mut bytes = [0u8; 8];
-        std::os::unix::fs::FileExt::read_exact_at(&mem, &mut bytes, target.addr("counter")).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&mem, &mut bytes, target.addr("counter"))
+            .unwrap();
         u64::from_ne_bytes(bytes)
     };
-    assert!(wait_until(Duration::from_secs(5), || live_counter() > memory + 1000), "the counter did not move on");
+    assert!(
+        wait_until(Duration::from_secs(5), || live_counter() > memory + 1000),
+        "the counter did not move on"
+    );
 }
 
 /// A target under seccomp is not cloned: with --no-fallback the dump fails
@@ -99,19 +126,37 @@ fn seccomp_target_falls_back_or_fails_cleanly() {
     let target = start_counter(&scratch, Some("seccomp"));
     let prefix = scratch.path().join("strict");
     let mut cmd = Command::new(Dumper::Coresnap.program());
-    cmd.args(["--mode", "cow", "--no-fallback", "-o"]).arg(&prefix).arg(target.pid.to_string());
+    cmd.args(["--mode", "cow", "--no-fallback", "-o"])
+        .arg(&prefix)
+        .arg(target.pid.to_string());
     let strict = run_with_timeout(&mut cmd, DUMP_TIMEOUT, true);
     assert!(!strict.success(), "{}", strict.describe());
-    assert!(strict.stdout.contains("seccomp") && strict.stdout.contains("--mode cow"), "{}", strict.stdout);
-    assert!(std::fs::read_dir(scratch.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("strict")));
+    assert!(
+        strict.stdout.contains("seccomp") && strict.stdout.contains("--mode cow"),
+        "{}",
+        strict.stdout
+    );
+    assert!(
+        std::fs::read_dir(scratch.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("strict"))
+    );
     assert_running_untraced(target.pid);
     assert!(children_of(target.pid).is_empty());
 
     let mut cmd = Command::new(Dumper::Coresnap.program());
-    cmd.args(["--mode", "cow", "-o"]).arg(scratch.path().join("lenient")).arg(target.pid.to_string());
+    cmd.args(["--mode", "cow", "-o"])
+        .arg(scratch.path().join("lenient"))
+        .arg(target.pid.to_string());
     let lenient = run_with_timeout(&mut cmd, DUMP_TIMEOUT, true);
     assert!(lenient.success(), "{}", lenient.describe());
-    assert!(lenient.stdout.contains("dumped in stop mode"), "{}", lenient.stdout);
+    assert!(
+        lenient.stdout.contains("dumped in stop mode"),
+        "{}",
+        lenient.stdout
+    );
     assert_running_untraced(target.pid);
 }
 
@@ -121,7 +166,10 @@ fn seccomp_target_falls_back_or_fails_cleanly() {
 fn sigkill_mid_dump_kills_the_clone() {
     let exe = build(Program::Sparse);
     // 512 MiB touched densely: the copy takes long enough to be interrupted.
-    let target = Target::spawn(&exe, &[OsStr::new("16"), OsStr::new("4"), OsStr::new("512")]);
+    let target = Target::spawn(
+        &exe,
+        &[OsStr::new("16"), OsStr::new("4"), OsStr::new("512")],
+    );
     wait_threads_sleeping(target.pid, &[]);
     let scratch = Scratch::new("cow-kill");
     let mut child = Command::new(Dumper::Coresnap.program())
@@ -131,7 +179,9 @@ fn sigkill_mid_dump_kills_the_clone() {
         .spawn()
         .unwrap();
     // Wait until the clone exists (the target has a child), then kill.
-    let saw_clone = wait_until(Duration::from_secs(20), || !children_of(target.pid).is_empty());
+    let saw_clone = wait_until(Duration::from_secs(20), || {
+        !children_of(target.pid).is_empty()
+    });
     let _ = child.kill();
     let _ = child.wait();
     assert!(saw_clone, "no clone appeared");
@@ -139,7 +189,9 @@ fn sigkill_mid_dump_kills_the_clone() {
     // The clone is dead: gone, or a zombie entry holding no memory until the
     // target reaps it.
     assert!(
-        wait_until(Duration::from_secs(5), || children_of(target.pid).iter().all(|&(_, state)| state == 'Z')),
+        wait_until(Duration::from_secs(5), || children_of(target.pid)
+            .iter()
+            .all(|&(_, state)| state == 'Z')),
         "clone still alive: {:?}",
         children_of(target.pid)
     );

@@ -122,10 +122,10 @@ pub fn write_core(
 
     std::thread::scope(|scope| -> Result<(), WriteError> {
         let (full_tx, full_rx) = mpsc::sync_channel::<Result<Filled, MemoryError>>(BUFFERS);
-        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let (free_tx, free_rx) = mpsc::channel::<PageBuffer>();
         for _ in 0..BUFFERS {
             free_tx
-                .send(Vec::with_capacity(CHUNK_LEN))
+                .send(PageBuffer::new(CHUNK_LEN / PAGE_SIZE as usize))
                 .expect("receiver alive");
         }
         let copies = &copies;
@@ -135,10 +135,10 @@ pub fn write_core(
                 while done < copy.len {
                     let Ok(mut buf) = free_rx.recv() else { return };
                     let len = (copy.len - done).min(CHUNK_LEN as u64) as usize;
-                    buf.resize(len, 0);
+                    buf.set_len(len);
                     let mut unreadable = Vec::new();
                     let result = memory
-                        .read(copy.addr + done, &mut buf, &mut unreadable)
+                        .read(copy.addr + done, buf.bytes_mut(), &mut unreadable)
                         .map(|()| Filled {
                             file_offset: copy.file_offset + done,
                             buf,
@@ -158,8 +158,9 @@ pub fn write_core(
             if let Some(signal) = cancel.signal() {
                 return Err(WriteError::Interrupted { signal });
             }
-            stats.bytes_read += filled.buf.len() as u64;
-            stats.bytes_written += write_nonzero_pages(sink, filled.file_offset, &filled.buf)?;
+            stats.bytes_read += filled.buf.bytes().len() as u64;
+            stats.bytes_written +=
+                write_nonzero_pages(sink, filled.file_offset, filled.buf.bytes())?;
             stats.unreadable.extend(filled.unreadable);
             progress(stats.bytes_read, to_read);
             let _ = free_tx.send(filled.buf);
@@ -172,8 +173,46 @@ pub fn write_core(
 
 struct Filled {
     file_offset: u64,
-    buf: Vec<u8>,
+    buf: PageBuffer,
     unreadable: Vec<Unreadable>,
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(4096))]
+struct Page([u8; PAGE_SIZE as usize]);
+
+/// A page-aligned byte buffer, so that memory copied into it can be written
+/// to the core with `O_DIRECT` (which needs aligned addresses).
+pub struct PageBuffer {
+    pages: Vec<Page>,
+    len: usize,
+}
+
+impl PageBuffer {
+    /// A zeroed buffer of `pages` pages.
+    pub fn new(pages: usize) -> PageBuffer {
+        PageBuffer {
+            pages: vec![Page([0; PAGE_SIZE as usize]); pages],
+            len: pages * PAGE_SIZE as usize,
+        }
+    }
+
+    /// Sets the length in bytes, growing the buffer if needed.
+    pub fn set_len(&mut self, len: usize) {
+        let pages = len.div_ceil(PAGE_SIZE as usize);
+        if pages > self.pages.len() {
+            self.pages.resize(pages, Page([0; PAGE_SIZE as usize]));
+        }
+        self.len = len;
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.pages)[..self.len]
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.pages)[..self.len]
+    }
 }
 
 /// Writes the runs of `data` that are not whole pages of zeros; the sink

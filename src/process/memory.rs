@@ -36,11 +36,21 @@ pub enum MemoryError {
 pub trait MemorySource: Sync {
     /// Fills `buf` with the bytes at `addr`; pages that cannot be read are
     /// zeroed and appended to `unreadable`.
-    fn read(&self, addr: u64, buf: &mut [u8], unreadable: &mut Vec<Unreadable>) -> Result<(), MemoryError>;
+    fn read(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError>;
 }
 
 impl MemorySource for MemoryReader {
-    fn read(&self, addr: u64, buf: &mut [u8], unreadable: &mut Vec<Unreadable>) -> Result<(), MemoryError> {
+    fn read(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
         MemoryReader::read(self, addr, buf, unreadable)
     }
 }

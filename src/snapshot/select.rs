@@ -2,7 +2,7 @@
 //! (`vma_dump_size` in fs/coredump.c) driven by `coredump_filter`.
 
 use crate::process::maps::Mapping;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `coredump_filter` bits, named as in core(5).
 pub mod filter_bits {
@@ -32,7 +32,7 @@ pub struct SelectionPolicy {
 }
 
 /// What happens to one mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
     /// Every byte of the mapping.
@@ -44,7 +44,7 @@ pub enum Decision {
     Skipped { reason: SkipReason },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// MADV_DONTDUMP (VmFlags `dd`).

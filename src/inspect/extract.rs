@@ -1,0 +1,194 @@
+//! `coresnap extract`: copying memory out of a core (or `.zst`).
+//!
+//! - [`raw`]: every PT_LOAD's bytes into its own file, named by the address
+//!   range it holds, plus `index.tsv` listing address, size, permissions and
+//!   mapped file of each, like memfetch's `mfetch.lst`;
+//! - [`range`]: the bytes of one address range, checked to be wholly present
+//!   before anything is written.
+
+use super::elf::CoreFile;
+use super::memory::{MemError, Memory};
+use super::notes::{NT_FILE, nt_file};
+use super::source::ByteSource;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Bytes copied per read.
+const CHUNK: usize = 1 << 20;
+const PAGE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("{0}")]
+    Memory(#[from] MemError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path} exists and is not empty; pass --force to write into it")]
+    NotEmpty { path: PathBuf },
+    #[error("reading the core at file offset {offset:#x}: {source}")]
+    Read { offset: u64, source: io::Error },
+    #[error("writing to standard output: {0}")]
+    Stdout(io::Error),
+}
+
+/// One file written by [`raw`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFile {
+    pub start: u64,
+    /// Mapping size (`p_memsz`).
+    pub mem_size: u64,
+    /// Bytes in the file (`p_filesz`, less what a truncated core lacks).
+    pub size: u64,
+    pub perms: String,
+    pub mapped_file: Option<String>,
+    /// File name inside the directory (`None`: nothing in the core).
+    pub name: Option<String>,
+}
+
+/// Writes each PT_LOAD's bytes to `dir/START-END.bin` (END = START + bytes
+/// present; zero pages become holes) and `dir/index.tsv`.
+pub fn raw<S: ByteSource>(
+    core: &CoreFile<S>,
+    dir: &Path,
+    force: bool,
+) -> Result<Vec<RawFile>, ExtractError> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ExtractError::Write {
+            path: path.clone(),
+            source,
+        }
+    };
+    if let Ok(mut entries) = fs::read_dir(dir)
+        && entries.next().is_some()
+        && !force
+    {
+        return Err(ExtractError::NotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    fs::create_dir_all(dir).map_err(werr(dir))?;
+    let files = core
+        .notes
+        .iter()
+        .find(|n| n.name == "CORE" && n.n_type == NT_FILE)
+        .map(|n| nt_file(&n.desc).0)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    for seg in core.loads() {
+        let present = core.present(seg).min(seg.memsz);
+        let mapped_file = files
+            .iter()
+            .find(|f| f.start <= seg.vaddr && seg.vaddr < f.end)
+            .map(|f| f.path.clone());
+        let mut entry = RawFile {
+            start: seg.vaddr,
+            mem_size: seg.memsz,
+            size: present,
+            perms: seg.perms(),
+            mapped_file,
+            name: None,
+        };
+        if present > 0 {
+            let name = format!(
+                "{:016x}-{:016x}.bin",
+                seg.vaddr,
+                seg.vaddr.saturating_add(present)
+            );
+            let path = dir.join(&name);
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(werr(&path))?;
+            copy_sparse(
+                core.source(),
+                seg.offset,
+                present,
+                &mut file,
+                &mut buf,
+                &path,
+            )?;
+            entry.name = Some(name);
+        }
+        out.push(entry);
+    }
+    let index = dir.join("index.tsv");
+    let mut text = String::from("# start\tend\tsize_in_core\tperms\tfile\tmapped_file\n");
+    for e in &out {
+        text.push_str(&format!(
+            "{:#x}\t{:#x}\t{}\t{}\t{}\t{}\n",
+            e.start,
+            e.start.saturating_add(e.mem_size),
+            e.size,
+            e.perms,
+            e.name.as_deref().unwrap_or("-"),
+            e.mapped_file.as_deref().unwrap_or("-")
+        ));
+    }
+    fs::write(&index, text).map_err(werr(&index))?;
+    Ok(out)
+}
+
+fn copy_sparse<S: ByteSource>(
+    source: &S,
+    offset: u64,
+    len: u64,
+    file: &mut File,
+    buf: &mut [u8],
+    path: &Path,
+) -> Result<(), ExtractError> {
+    let werr = |source| ExtractError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut done = 0u64;
+    while done < len {
+        let n = ((len - done) as usize).min(buf.len());
+        source
+            .read_exact_at(offset + done, &mut buf[..n])
+            .map_err(|source| ExtractError::Read {
+                offset: offset + done,
+                source,
+            })?;
+        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+            if page.iter().all(|&b| b == 0) {
+                continue;
+            }
+            file.seek(SeekFrom::Start(done + (i * PAGE) as u64))
+                .map_err(werr)?;
+            file.write_all(page).map_err(werr)?;
+        }
+        done += n as u64;
+    }
+    file.set_len(len).map_err(werr)?;
+    Ok(())
+}
+
+/// Writes `len` bytes of memory at `addr` to `out`; fails, writing nothing,
+/// when any of them is not in the core.
+pub fn range<S: ByteSource>(
+    core: &CoreFile<S>,
+    addr: u64,
+    len: u64,
+    out: &mut impl Write,
+) -> Result<(), ExtractError> {
+    let memory = Memory::new(core);
+    if addr.checked_add(len).is_none() {
+        return Err(ExtractError::Memory(MemError::Unmapped { addr: u64::MAX }));
+    }
+    memory.check(addr, len)?;
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = ((len - done) as usize).min(buf.len());
+        memory.read(addr + done, &mut buf[..n])?;
+        out.write_all(&buf[..n]).map_err(ExtractError::Stdout)?;
+        done += n as u64;
+    }
+    out.flush().map_err(ExtractError::Stdout)?;
+    Ok(())
+}

@@ -1,0 +1,505 @@
+//! Where a core's bytes come from: a byte slice, a file read with positional
+//! reads, or a `.zst` in the zstd seekable format, read frame by frame
+//! through its seek table. Everything above this module asks for byte ranges
+//! by offset and never reads more than it needs.
+
+use std::fs::File;
+use std::io;
+use std::ops::Deref;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Random access to the bytes of a core.
+pub trait ByteSource {
+    /// Length of the (uncompressed) core.
+    fn len(&self) -> u64;
+
+    /// True for an empty core.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads at `offset`; short only at the end of the core.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let n = self.read_at(offset, buf)?;
+        if n < buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "wanted {} bytes at offset {offset:#x}, the core ends after {n}",
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes of `offset..offset + len` that are holes in a sparse file
+    /// (`None`: this source cannot tell).
+    fn hole_bytes(&self, _offset: u64, _len: u64) -> Option<u64> {
+        None
+    }
+
+    /// Decompression counters, for a compressed source.
+    fn decompression(&self) -> Option<DecompressionStats> {
+        None
+    }
+}
+
+/// What a compressed source has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DecompressionStats {
+    /// Frames in the file.
+    pub frames: u32,
+    /// Frame decompressions done (a frame evicted from the cache and needed
+    /// again counts twice).
+    pub frames_decompressed: u64,
+    /// Uncompressed bytes those decompressions produced.
+    pub bytes_decompressed: u64,
+    /// Compressed bytes read for them.
+    pub compressed_bytes_read: u64,
+}
+
+impl<S: ByteSource + ?Sized> ByteSource for &S {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(offset, buf)
+    }
+    fn hole_bytes(&self, offset: u64, len: u64) -> Option<u64> {
+        (**self).hole_bytes(offset, len)
+    }
+    fn decompression(&self) -> Option<DecompressionStats> {
+        (**self).decompression()
+    }
+}
+
+impl<S: ByteSource + ?Sized> ByteSource for Box<S> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_at(offset, buf)
+    }
+    fn hole_bytes(&self, offset: u64, len: u64) -> Option<u64> {
+        (**self).hole_bytes(offset, len)
+    }
+    fn decompression(&self) -> Option<DecompressionStats> {
+        (**self).decompression()
+    }
+}
+
+/// A core held in memory (a `Vec<u8>`, a slice, a mapped file).
+pub struct Bytes<T>(pub T);
+
+impl<T: Deref<Target = [u8]>> ByteSource for Bytes<T> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let data: &[u8] = &self.0;
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        let Some(rest) = data.get(start..) else {
+            return Ok(0);
+        };
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+}
+
+/// A plain core file, read with `pread`.
+pub struct FileSource {
+    file: File,
+    len: u64,
+}
+
+impl FileSource {
+    pub fn new(file: File) -> io::Result<FileSource> {
+        let len = file.metadata()?.len();
+        Ok(FileSource { file, len })
+    }
+}
+
+impl ByteSource for FileSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+    fn hole_bytes(&self, offset: u64, len: u64) -> Option<u64> {
+        data_bytes(&self.file, offset, len).map(|data| len - data)
+    }
+}
+
+/// Bytes of `offset..offset + len` of `file` that hold data, from
+/// `SEEK_DATA`/`SEEK_HOLE` (`None` when the file system cannot say).
+fn data_bytes(file: &File, offset: u64, len: u64) -> Option<u64> {
+    use nix::unistd::{Whence, lseek};
+    let end = offset.checked_add(len)?;
+    let mut pos = offset;
+    let mut data = 0u64;
+    // Bounded: each round moves past one data run.
+    for _ in 0..1_000_000 {
+        if pos >= end {
+            return Some(data);
+        }
+        let start = match lseek(file, i64::try_from(pos).ok()?, Whence::SeekData) {
+            Ok(s) => s as u64,
+            // ENXIO: no data after pos.
+            Err(nix::errno::Errno::ENXIO) => return Some(data),
+            Err(_) => return None,
+        };
+        if start >= end {
+            return Some(data);
+        }
+        let hole = lseek(file, start as i64, Whence::SeekHole).ok()? as u64;
+        data += hole.min(end) - start;
+        pos = hole;
+    }
+    None
+}
+
+/// zstd frame magic, little endian.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Frames kept decompressed (4 MiB each for coresnap's files).
+const CACHE_FRAMES: usize = 8;
+/// Largest frame accepted: the seek table of a damaged file must not make
+/// us allocate gigabytes.
+const MAX_FRAME: u64 = 256 << 20;
+
+/// A `.zst` core in the seekable format: only the frames that hold the
+/// bytes asked for are decompressed, and the last few are cached.
+pub struct ZstdSource {
+    file: File,
+    table: zeekstd::SeekTable,
+    file_len: u64,
+    /// Uncompressed start of each frame, ascending.
+    starts: Vec<u64>,
+    cache: Mutex<FrameCache>,
+    frames_decompressed: AtomicU64,
+    bytes_decompressed: AtomicU64,
+    compressed_read: AtomicU64,
+}
+
+struct FrameCache {
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// (frame index, bytes), most recently used last.
+    frames: Vec<(u32, Arc<Vec<u8>>)>,
+}
+
+const SKIPPABLE_MAGIC: u32 = 0x184d_2a5e;
+
+/// Length of the skippable frame holding the seek table, from the footer
+/// (the format of zstd's `contrib/seekable_format`, which zeekstd writes).
+fn seek_table_len(file: &File, file_len: u64) -> Result<u64, String> {
+    if file_len < 17 {
+        return Err("too short to hold a seek table".into());
+    }
+    let mut footer = [0u8; 9];
+    file.read_exact_at(&mut footer, file_len - 9)
+        .map_err(|e| e.to_string())?;
+    let frames = u64::from(u32::from_le_bytes([
+        footer[0], footer[1], footer[2], footer[3],
+    ]));
+    let magic = u32::from_le_bytes([footer[5], footer[6], footer[7], footer[8]]);
+    if magic != zeekstd::SEEKABLE_MAGIC_NUMBER {
+        return Err(
+            "no seek table at the end (truncated, or not written in the seekable format)".into(),
+        );
+    }
+    let per_frame = if footer[4] & 0x80 != 0 { 12 } else { 8 };
+    let len = 8 + frames * per_frame + 9;
+    if len > file_len {
+        return Err(format!(
+            "the seek table claims {frames} frames, more than the file can hold"
+        ));
+    }
+    let mut header = [0u8; 8];
+    file.read_exact_at(&mut header, file_len - len)
+        .map_err(|e| e.to_string())?;
+    let magic = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let size = u64::from(u32::from_le_bytes([
+        header[4], header[5], header[6], header[7],
+    ]));
+    if magic != SKIPPABLE_MAGIC || size + 8 != len {
+        return Err("the seek table's skippable frame header is damaged".into());
+    }
+    Ok(len)
+}
+
+impl ZstdSource {
+    /// Opens a seekable `.zst`; fails when it has no valid seek table or the
+    /// table does not add up to the file's length.
+    pub fn open(mut file: File) -> Result<ZstdSource, String> {
+        let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+        let table_len = seek_table_len(&file, file_len)?;
+        let table = zeekstd::SeekTable::from_seekable(&mut file)
+            .map_err(|e| format!("bad seek table: {e}"))?;
+        if table.size_comp().checked_add(table_len) != Some(file_len) {
+            return Err(format!(
+                "the seek table covers {} bytes of frames plus a {table_len}-byte table, but the file has {file_len} bytes",
+                table.size_comp()
+            ));
+        }
+        let mut starts = Vec::with_capacity(table.num_frames() as usize);
+        for index in 0..table.num_frames() {
+            let start = table.frame_start_decomp(index).map_err(|e| e.to_string())?;
+            let len = table.frame_size_decomp(index).map_err(|e| e.to_string())?;
+            if len > MAX_FRAME {
+                return Err(format!(
+                    "the seek table's frame {index} claims {len} bytes uncompressed, more than {MAX_FRAME}"
+                ));
+            }
+            starts.push(start);
+        }
+        Ok(ZstdSource {
+            file,
+            table,
+            file_len,
+            starts,
+            cache: Mutex::new(FrameCache {
+                decompressor: None,
+                frames: Vec::new(),
+            }),
+            frames_decompressed: AtomicU64::new(0),
+            bytes_decompressed: AtomicU64::new(0),
+            compressed_read: AtomicU64::new(0),
+        })
+    }
+
+    /// Length of the compressed file.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    fn frame(&self, index: u32) -> io::Result<Arc<Vec<u8>>> {
+        let corrupt = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = cache.frames.iter().position(|(i, _)| *i == index) {
+            let entry = cache.frames.remove(pos);
+            let data = entry.1.clone();
+            cache.frames.push(entry);
+            return Ok(data);
+        }
+        let c_start = self
+            .table
+            .frame_start_comp(index)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let c_len = self
+            .table
+            .frame_size_comp(index)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let d_len = self
+            .table
+            .frame_size_decomp(index)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if c_len > MAX_FRAME * 2 {
+            return Err(corrupt(format!(
+                "frame {index} claims {c_len} compressed bytes"
+            )));
+        }
+        let mut compressed = vec![0u8; c_len as usize];
+        self.file.read_exact_at(&mut compressed, c_start)?;
+        if cache.decompressor.is_none() {
+            cache.decompressor = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let decompressor = cache.decompressor.as_mut().expect("just set");
+        let data = decompressor
+            .decompress(&compressed, d_len as usize)
+            .map_err(|e| corrupt(format!("frame {index} does not decompress: {e}")))?;
+        if data.len() as u64 != d_len {
+            return Err(corrupt(format!(
+                "frame {index} holds {} bytes, the seek table says {d_len}",
+                data.len()
+            )));
+        }
+        self.frames_decompressed.fetch_add(1, Ordering::Relaxed);
+        self.bytes_decompressed.fetch_add(d_len, Ordering::Relaxed);
+        self.compressed_read.fetch_add(c_len, Ordering::Relaxed);
+        let data = Arc::new(data);
+        if cache.frames.len() >= CACHE_FRAMES {
+            cache.frames.remove(0);
+        }
+        cache.frames.push((index, data.clone()));
+        Ok(data)
+    }
+}
+
+impl ByteSource for ZstdSource {
+    fn len(&self) -> u64 {
+        self.table.size_decomp()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset.saturating_add(done as u64);
+            if at >= self.len() {
+                break;
+            }
+            let index = self.starts.partition_point(|&s| s <= at).saturating_sub(1);
+            let data = self.frame(index as u32)?;
+            let from = (at - self.starts[index]) as usize;
+            let Some(rest) = data.get(from..) else {
+                break;
+            };
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&rest[..n]);
+            done += n;
+        }
+        Ok(done)
+    }
+    fn decompression(&self) -> Option<DecompressionStats> {
+        Some(DecompressionStats {
+            frames: self.table.num_frames(),
+            frames_decompressed: self.frames_decompressed.load(Ordering::Relaxed),
+            bytes_decompressed: self.bytes_decompressed.load(Ordering::Relaxed),
+            compressed_bytes_read: self.compressed_read.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The format of a file, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileFormat {
+    ElfCore,
+    ZstdSeekable,
+}
+
+/// An opened core file: its bytes and what the file itself is.
+pub struct OpenedFile {
+    pub path: PathBuf,
+    pub format: FileFormat,
+    /// Length of the file (compressed, for a `.zst`).
+    pub file_len: u64,
+    /// Bytes the file takes on disk (`st_blocks` x 512).
+    pub disk_usage: u64,
+    pub source: Box<dyn ByteSource + Send + Sync>,
+}
+
+/// Errors opening a file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {what}")]
+    Format { path: PathBuf, what: String },
+}
+
+/// Opens `path`, a plain core or a seekable `.zst` (recognised by its
+/// magic, whatever its name).
+pub fn open(path: &Path) -> Result<OpenedFile, OpenError> {
+    let io_err = |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if meta.is_dir() {
+        return Err(OpenError::Format {
+            path: path.to_path_buf(),
+            what: "is a directory".into(),
+        });
+    }
+    let mut head = [0u8; 4];
+    let n = FileExt::read_at(&file, &mut head, 0).map_err(io_err)?;
+    let disk_usage = meta.blocks() * 512;
+    if n == 4 && head == ZSTD_MAGIC {
+        let source = ZstdSource::open(file).map_err(|what| OpenError::Format {
+            path: path.to_path_buf(),
+            what: format!(
+                "a zstd file that cannot be read by offset ({what}); decompress it with `zstd -d` first"
+            ),
+        })?;
+        return Ok(OpenedFile {
+            path: path.to_path_buf(),
+            format: FileFormat::ZstdSeekable,
+            file_len: meta.len(),
+            disk_usage,
+            source: Box::new(source),
+        });
+    }
+    Ok(OpenedFile {
+        path: path.to_path_buf(),
+        format: FileFormat::ElfCore,
+        file_len: meta.len(),
+        disk_usage,
+        source: Box::new(FileSource::new(file).map_err(io_err)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A seekable file written by zeekstd itself (not by coresnap's sink):
+    /// the reader follows the format, not one writer.
+    #[test]
+    fn reads_a_zeekstd_file_frame_by_frame() {
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i * 7).to_le_bytes())
+            .collect();
+        let mut out = Vec::new();
+        let opts = zeekstd::EncodeOptions::new()
+            .frame_size_policy(zeekstd::FrameSizePolicy::Uncompressed(100_000));
+        let mut enc = zeekstd::Encoder::with_opts(&mut out, opts).unwrap();
+        enc.write_all(&data).unwrap();
+        enc.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.zst");
+        std::fs::write(&path, &out).unwrap();
+        let opened = open(&path).unwrap();
+        assert_eq!(opened.format, FileFormat::ZstdSeekable);
+        let src = &opened.source;
+        assert_eq!(src.len(), data.len() as u64);
+        let mut buf = vec![0u8; 50];
+        src.read_exact_at(250_000, &mut buf).unwrap();
+        assert_eq!(&buf[..], &data[250_000..250_050]);
+        let stats = src.decompression().unwrap();
+        assert_eq!(stats.frames, 12);
+        assert_eq!(stats.frames_decompressed, 1);
+        // Across a frame boundary, and past the end.
+        src.read_exact_at(199_990, &mut buf).unwrap();
+        assert_eq!(&buf[..], &data[199_990..200_040]);
+        assert_eq!(src.read_at(data.len() as u64 - 10, &mut buf).unwrap(), 10);
+        assert!(src.decompression().unwrap().frames_decompressed <= 4);
+
+        // Cut: no seek table, a clear error.
+        std::fs::write(&path, &out[..out.len() - 5]).unwrap();
+        let err = open(&path).err().expect("truncated .zst must fail");
+        assert!(err.to_string().contains("zstd -d"), "{err}");
+    }
+
+    #[test]
+    fn byte_slices_read_short_at_the_end() {
+        let b = Bytes(vec![1u8, 2, 3]);
+        let mut buf = [0u8; 5];
+        assert_eq!(b.read_at(1, &mut buf).unwrap(), 2);
+        assert_eq!(b.read_at(u64::MAX, &mut buf).unwrap(), 0);
+        assert!(b.read_exact_at(2, &mut buf).is_err());
+    }
+}

@@ -564,7 +564,6 @@ fn dump_with(
     hash_inline: bool,
 ) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
-    let captured_at = SystemTime::now();
     let state_before = info::process_state(pid).map(|c| c as u8).unwrap_or(b'R');
     let (frozen, trigger) = match &options.on_signal {
         None => (
@@ -576,6 +575,8 @@ fn dump_with(
             WatchOutcome::Exited => return Err(DumpError::ExitedWithoutSignal { pid }),
         },
     };
+    // When every thread had stopped (with --on-signal, when the signal came).
+    let captured_at = SystemTime::now();
     let memory = MemoryReader::open(pid)?;
     let policy = SelectionPolicy {
         filter: options
@@ -626,6 +627,7 @@ fn dump_with(
             captured_at,
             mode: mode_name(mode),
             left_stopped,
+            trigger: trigger.as_ref().map(|t| (t.tid, t.signal)),
         },
     );
     let note = manifest::note::encode(&manifest);

@@ -488,6 +488,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pn_xnum_count_comes_from_the_section_header() {
+        let notes = note(b"CORE", 1, &[1, 2, 3]);
+        let mut bytes = tiny_core(&notes, &[7; 32]);
+        let shoff = bytes.len() as u64;
+        let mut shdr = vec![0u8; 64];
+        shdr[44..48].copy_from_slice(&2u32.to_le_bytes());
+        bytes.extend(shdr);
+        bytes[40..48].copy_from_slice(&shoff.to_le_bytes());
+        bytes[56..58].copy_from_slice(&PN_XNUM.to_le_bytes());
+        bytes[60..62].copy_from_slice(&1u16.to_le_bytes());
+        let core = CoreFile::parse(Bytes(bytes)).unwrap();
+        assert_eq!(core.header.phnum, 2);
+        assert_eq!(core.header.phnum_raw, PN_XNUM);
+        assert_eq!(core.loads().count(), 1);
+        assert_eq!(core.notes.len(), 1);
+        assert!(core.warnings.is_empty(), "{:?}", core.warnings);
+    }
+
+    #[test]
     fn damage_is_an_error_or_a_warning() {
         assert!(matches!(
             CoreFile::parse(Bytes(b"hello".to_vec())),

@@ -195,6 +195,12 @@ pub fn text(r: &Report) -> String {
             human_bytes(d.compressed_bytes_read),
             human_bytes(r.sizes.file_length),
         );
+        if matches!(r.manifest.verification.as_str(), "verified" | "failed") {
+            let _ = writeln!(
+                o,
+                "            (the manifest check read and decompressed the whole file besides)"
+            );
+        }
     }
 
     let _ = writeln!(o, "\nthreads ({}):", r.threads.len());

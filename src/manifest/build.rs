@@ -16,10 +16,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How the capture was taken (what the snapshot does not say).
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
-    /// When the freeze began.
+    /// When every thread had stopped.
     pub captured_at: SystemTime,
     pub mode: &'a str,
     pub left_stopped: bool,
+    /// (tid, signal) the dump was taken on, if a signal triggered it.
+    pub trigger: Option<(i32, i32)>,
 }
 
 /// The pre-copy manifest of `snapshot`: reads the host facts, the
@@ -86,6 +88,12 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
             all: snapshot.policy.all,
             state_before: char::from(snapshot.process.state).to_string(),
             left_stopped: context.left_stopped,
+            trigger: context.trigger.map(|(tid, signal)| super::Trigger {
+                tid,
+                signal,
+                signal_name: nix::sys::signal::Signal::try_from(signal)
+                    .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string()),
+            }),
             pause_us: None,
         },
         mappings: snapshot

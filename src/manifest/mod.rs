@@ -92,7 +92,7 @@ pub struct Target {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capture {
-    /// When the target was stopped, UTC, RFC 3339.
+    /// When every thread had stopped, UTC, RFC 3339.
     pub time_utc: String,
     /// `stop`: the target stays frozen while its memory is copied.
     pub mode: String,
@@ -104,9 +104,22 @@ pub struct Capture {
     pub state_before: String,
     /// The target was stopped (SIGSTOP) before and was left stopped.
     pub left_stopped: bool,
+    /// The signal the dump was taken on (`--on-signal`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
     /// How long the target was frozen, in microseconds. JSON only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_us: Option<u64>,
+}
+
+/// A signal that was about to be delivered when the target was frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// The thread it was for.
+    pub tid: i32,
+    pub signal: i32,
+    /// `SIGSEGV`...
+    pub signal_name: String,
 }
 
 /// One mapping and what the dump did with it.
@@ -391,6 +404,7 @@ mod tests {
                 all: false,
                 state_before: "S".into(),
                 left_stopped: false,
+                trigger: None,
                 pause_us: None,
             },
             mappings: vec![

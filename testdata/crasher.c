@@ -70,6 +70,8 @@ int main(void)
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = count;
+    /* Restart the read of the next command after a counted signal. */
+    sa.sa_flags = SA_RESTART;
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGCHLD, &sa, NULL);
     sigaction(SIGPIPE, &sa, NULL);

@@ -36,8 +36,16 @@ impl Crasher {
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(line) => {
+                        let _ = tx.send(line);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(format!("read error: {e}"));
+                        break;
+                    }
+                }
             }
         });
         let pid = child.id() as i32;
@@ -58,10 +66,11 @@ impl Crasher {
         crasher
     }
 
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a line from the crasher")
+    fn line(&mut self) -> String {
+        match self.lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => line,
+            Err(e) => panic!("no line from the crasher ({e}); it ended with {:?}", self.child.try_wait()),
+        }
     }
 
     fn send(&mut self, command: &str) {

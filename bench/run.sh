@@ -355,8 +355,10 @@ target_state_note() { # PID
 dump_cmd() { # TOOL PID PREFIX -> command string
     case "$1" in
         gcore) printf 'exec gcore -o %q %q' "$3" "$2" ;;
-        coresnap) printf 'exec %q -o %q %q' "$CORESNAP" "$3" "$2" ;;
-        coresnap-cow) printf 'exec %q --mode cow -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        # Like gcore, elfcore and the kernel: the core alone. The manifest's
+        # hashing (after the target is released) is measured with -z.
+        coresnap) printf 'exec %q --no-manifest -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        coresnap-cow) printf 'exec %q --no-manifest --mode cow -o %q %q' "$CORESNAP" "$3" "$2" ;;
         coresnap-z*) printf 'exec %q --compress=%s -o %q %q' "$CORESNAP" "${1#coresnap-z}" "$3" "$2" ;;
         elfcore) printf 'exec %q %q %q' "$ELFCORE" "$2" "$3.$2" ;;
     esac

@@ -32,7 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Any `Write` works too: here a Vec, elsewhere a socket or a pipe.
     let mut buffer = Vec::new();
-    let report = dump_to_writer(pid, &mut buffer, &DumpOptions::default())?;
+    // No manifest for a throwaway copy: nothing would be written, only hashed.
+    let in_memory = DumpOptions {
+        manifest: false,
+        ..DumpOptions::default()
+    };
+    let report = dump_to_writer(pid, &mut buffer, &in_memory)?;
     assert_eq!(buffer.len() as u64, report.core_len);
     println!(
         "in memory: {} bytes, starting with {:?}",

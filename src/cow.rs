@@ -210,6 +210,31 @@ impl MemorySource for CowCopy {
         }
         Ok(())
     }
+
+    fn read_pieces(
+        &self,
+        pieces: &[(u64, usize, usize)],
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
+        let special = |&(addr, _, len): &(u64, usize, usize)| {
+            let end = addr + len as u64;
+            let borrowed_end = self.borrowed.addr + self.borrowed.original.len() as u64;
+            (self.borrowed.addr < end && addr < borrowed_end)
+                || self
+                    .preloaded
+                    .iter()
+                    .any(|p| p.start < end && addr < p.start + p.bytes.len() as u64)
+        };
+        if pieces.iter().any(special) {
+            for &(addr, at, len) in pieces {
+                self.read(addr, &mut buf[at..at + len], unreadable)?;
+            }
+            Ok(())
+        } else {
+            self.child_memory.read_pieces(pieces, buf, unreadable)
+        }
+    }
 }
 
 fn kill_and_wait(child: i32, timeout: Duration) {

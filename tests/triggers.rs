@@ -69,7 +69,10 @@ impl Crasher {
     fn line(&mut self) -> String {
         match self.lines.recv_timeout(Duration::from_secs(10)) {
             Ok(line) => line,
-            Err(e) => panic!("no line from the crasher ({e}); it ended with {:?}", self.child.try_wait()),
+            Err(e) => panic!(
+                "no line from the crasher ({e}); it ended with {:?}",
+                self.child.try_wait()
+            ),
         }
     }
 

@@ -50,6 +50,58 @@ struct Copy {
     file_offset: u64,
 }
 
+/// Pieces of memory read with one system call into one buffer that covers
+/// a stretch of the file (at most [`CHUNK_LEN`] bytes, [`MAX_PIECES`]
+/// pieces, the IOV_MAX of `process_vm_readv`); the bytes between pieces are
+/// zeros (holes in the core).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Batch {
+    file_offset: u64,
+    len: usize,
+    /// (address, offset in the batch, length)
+    pieces: Vec<(u64, usize, usize)>,
+}
+
+const MAX_PIECES: usize = 1024;
+
+/// Groups copies (in file order) into batches; a copy that does not fit in
+/// one is split.
+fn batches(copies: &[Copy]) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::new();
+    for copy in copies {
+        let mut done = 0u64;
+        while done < copy.len {
+            let file_offset = copy.file_offset + done;
+            let left = (copy.len - done) as usize;
+            let joined = match out.last_mut() {
+                Some(last)
+                    if file_offset >= last.file_offset + last.len as u64
+                        && file_offset < last.file_offset + CHUNK_LEN as u64
+                        && last.pieces.len() < MAX_PIECES =>
+                {
+                    let at = (file_offset - last.file_offset) as usize;
+                    let take = left.min(CHUNK_LEN - at);
+                    last.pieces.push((copy.addr + done, at, take));
+                    last.len = at + take;
+                    Some(take)
+                }
+                _ => None,
+            };
+            let take = joined.unwrap_or_else(|| {
+                let take = left.min(CHUNK_LEN);
+                out.push(Batch {
+                    file_offset,
+                    len: take,
+                    pieces: vec![(copy.addr + done, 0, take)],
+                });
+                take
+            });
+            done += take as u64;
+        }
+    }
+    out
+}
+
 /// Computes the layout for `snapshot` with `extra` notes appended.
 pub fn plan(snapshot: &Snapshot, extra: Vec<Note>) -> (Vec<u8>, Vec<SegmentSpec>, CoreLayout) {
     let notes = encode_notes(&core_notes(snapshot, extra));
@@ -129,26 +181,23 @@ pub fn write_core(
                 .expect("receiver alive");
         }
         let copies = &copies;
+        let batches = batches(copies);
         scope.spawn(move || {
-            for copy in copies {
-                let mut done = 0u64;
-                while done < copy.len {
-                    let Ok(mut buf) = free_rx.recv() else { return };
-                    let len = (copy.len - done).min(CHUNK_LEN as u64) as usize;
-                    buf.set_len(len);
-                    let mut unreadable = Vec::new();
-                    let result = memory
-                        .read(copy.addr + done, buf.bytes_mut(), &mut unreadable)
-                        .map(|()| Filled {
-                            file_offset: copy.file_offset + done,
-                            buf,
-                            unreadable,
-                        });
-                    let failed = result.is_err();
-                    if full_tx.send(result).is_err() || failed {
-                        return;
-                    }
-                    done += len as u64;
+            for batch in batches {
+                let Ok(mut buf) = free_rx.recv() else { return };
+                buf.set_len(batch.len);
+                zero_gaps(buf.bytes_mut(), &batch.pieces);
+                let mut unreadable = Vec::new();
+                let result = memory
+                    .read_pieces(&batch.pieces, buf.bytes_mut(), &mut unreadable)
+                    .map(|()| Filled {
+                        file_offset: batch.file_offset,
+                        buf,
+                        unreadable,
+                    });
+                let failed = result.is_err();
+                if full_tx.send(result).is_err() || failed {
+                    return;
                 }
             }
         });
@@ -181,8 +230,8 @@ struct Filled {
 #[repr(C, align(4096))]
 struct Page([u8; PAGE_SIZE as usize]);
 
-/// A page-aligned byte buffer, so that memory copied into it can be written
-/// to the core with `O_DIRECT` (which needs aligned addresses).
+/// A page-aligned byte buffer: whole pages of the target land on whole
+/// pages here, which keeps the zero-page scan and the writes aligned.
 pub struct PageBuffer {
     pages: Vec<Page>,
     len: usize,
@@ -243,6 +292,17 @@ fn write_nonzero_pages(sink: &mut dyn Sink, file_offset: u64, data: &[u8]) -> st
     Ok(written)
 }
 
+/// Zeroes the parts of a reused buffer that no piece will fill.
+fn zero_gaps(buf: &mut [u8], pieces: &[(u64, usize, usize)]) {
+    let mut at = 0;
+    for &(_, start, len) in pieces {
+        buf[at..start].fill(0);
+        at = start + len;
+    }
+    let end = buf.len();
+    buf[at..end].fill(0);
+}
+
 /// OR-folds 8 bytes at a time; the compiler vectorises it.
 fn is_zero(bytes: &[u8]) -> bool {
     let (head, words, tail) = {
@@ -262,6 +322,56 @@ fn is_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_join_neighbours_and_split_big_copies() {
+        let copies = [
+            Copy {
+                addr: 0x1000,
+                len: 0x1000,
+                file_offset: 0x10000,
+            },
+            // a hole of one page in the file between these two
+            Copy {
+                addr: 0x9000,
+                len: 0x2000,
+                file_offset: 0x12000,
+            },
+            // too far away in the file: a new batch, split in two
+            Copy {
+                addr: 0x20000,
+                len: CHUNK_LEN as u64 + 0x1000,
+                file_offset: 0x10000 + CHUNK_LEN as u64,
+            },
+        ];
+        let got = batches(&copies);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got[0],
+            Batch {
+                file_offset: 0x10000,
+                len: 0x4000,
+                pieces: vec![(0x1000, 0, 0x1000), (0x9000, 0x2000, 0x2000)]
+            }
+        );
+        assert_eq!(got[1].pieces, vec![(0x20000, 0, CHUNK_LEN)]);
+        assert_eq!(got[2].pieces, vec![(0x20000 + CHUNK_LEN as u64, 0, 0x1000)]);
+        // The iovec limit ends a batch before the byte limit does here.
+        let many: Vec<Copy> = (0..2000u64)
+            .map(|i| Copy {
+                addr: i * 0x4000,
+                len: 0x800,
+                file_offset: i * 0x1000,
+            })
+            .collect();
+        let got = batches(&many);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].pieces.len(), MAX_PIECES);
+        assert_eq!(got[1].file_offset, 1024 * 0x1000);
+        let mut buf = vec![9u8; 0x4000];
+        zero_gaps(&mut buf, &got[0].pieces[..1]);
+        assert!(buf[..0x800].iter().all(|&b| b == 9) && buf[0x800..].iter().all(|&b| b == 0));
+    }
     use crate::sink::Stream;
 
     #[test]

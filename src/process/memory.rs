@@ -42,6 +42,22 @@ pub trait MemorySource: Sync {
         buf: &mut [u8],
         unreadable: &mut Vec<Unreadable>,
     ) -> Result<(), MemoryError>;
+
+    /// Reads several ranges into one buffer: `pieces` are (address, offset
+    /// in `buf`, length), in increasing, non-overlapping offsets; bytes of
+    /// `buf` outside them are left alone. Many small mappings are then one
+    /// system call instead of one each.
+    fn read_pieces(
+        &self,
+        pieces: &[(u64, usize, usize)],
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
+        for &(addr, at, len) in pieces {
+            self.read(addr, &mut buf[at..at + len], unreadable)?;
+        }
+        Ok(())
+    }
 }
 
 impl MemorySource for MemoryReader {
@@ -52,6 +68,53 @@ impl MemorySource for MemoryReader {
         unreadable: &mut Vec<Unreadable>,
     ) -> Result<(), MemoryError> {
         MemoryReader::read(self, addr, buf, unreadable)
+    }
+
+    fn read_pieces(
+        &self,
+        pieces: &[(u64, usize, usize)],
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
+        // One vectored read for all of them; where it stops short (a piece
+        // that cannot be read), the rest goes piece by piece.
+        let remote: Vec<RemoteIoVec> = pieces
+            .iter()
+            .map(|&(base, _, len)| RemoteIoVec {
+                base: base as usize,
+                len,
+            })
+            .collect();
+        let got = {
+            let mut local = Vec::with_capacity(pieces.len());
+            let mut rest: &mut [u8] = buf;
+            let mut consumed = 0;
+            for &(_, at, len) in pieces {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(at - consumed);
+                let (piece, tail) = tail.split_at_mut(len);
+                local.push(IoSliceMut::new(piece));
+                rest = tail;
+                consumed = at + len;
+            }
+            match process_vm_readv(Pid::from_raw(self.pid), &mut local, &remote) {
+                Ok(n) => n,
+                Err(Errno::ESRCH) => return Err(MemoryError::ProcessGone { pid: self.pid }),
+                Err(_) => 0,
+            }
+        };
+        let mut before = 0;
+        for &(addr, at, len) in pieces {
+            if before + len > got {
+                let done = got.saturating_sub(before);
+                self.read(
+                    addr + done as u64,
+                    &mut buf[at + done..at + len],
+                    unreadable,
+                )?;
+            }
+            before += len;
+        }
+        Ok(())
     }
 }
 

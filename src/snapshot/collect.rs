@@ -91,27 +91,41 @@ pub fn collect_with_signal(
     }
     // Without a page map every byte is read; the core is still exact, only
     // slower on sparse processes.
-    let mut page_map = PageMap::open(pid).ok();
-    let regions = mappings
+    let mut regions: Vec<Region> = mappings
         .into_iter()
         .map(|mapping| {
             let decision = decide(&mapping, policy, || {
                 starts_with_elf_magic(memory, mapping.start)
             });
-            let mut region = Region {
+            Region {
                 mapping,
                 decision,
                 populated: None,
-            };
-            if region.dumped_len() > 0 && region.is_private_anonymous() {
-                let end = region.mapping.start + region.dumped_len();
-                region.populated = page_map
-                    .as_mut()
-                    .and_then(|map| map.populated(region.mapping.start, end).ok());
             }
-            region
         })
         .collect();
+    let sparse: Vec<usize> = (0..regions.len())
+        .filter(|&i| regions[i].dumped_len() > 0 && regions[i].is_private_anonymous())
+        .collect();
+    let spans: Vec<(u64, u64)> = sparse
+        .iter()
+        .map(|&i| {
+            (
+                regions[i].mapping.start,
+                regions[i].mapping.start + regions[i].dumped_len(),
+            )
+        })
+        .collect();
+    // Without a page map every byte is read: the core is the same, the dump
+    // only slower on sparse processes.
+    if let Some(populated) = PageMap::open(pid)
+        .ok()
+        .and_then(|mut map| map.populated_in(&spans).ok())
+    {
+        for (i, found) in sparse.into_iter().zip(populated) {
+            regions[i].populated = Some(found);
+        }
+    }
     Ok(Snapshot {
         process,
         threads,

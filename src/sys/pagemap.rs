@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
+const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
 const PAGE_IS_PFNZERO: u64 = 1 << 5;
@@ -75,6 +76,32 @@ impl PageMap {
         self.read_table(start, end)
     }
 
+    /// [`populated`](Self::populated) for many sorted, disjoint ranges at
+    /// once: with `PAGEMAP_SCAN`, one walk over the span they cover (the
+    /// kernel skips unmapped gaps), instead of a system call per range, which
+    /// matters for processes with tens of thousands of mappings.
+    pub fn populated_in(&mut self, ranges: &[(u64, u64)]) -> io::Result<Vec<Vec<(u64, u64)>>> {
+        let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+            return Ok(Vec::new());
+        };
+        if ranges.len() > 1 && self.scan_supported {
+            match self.scan(first.0, last.1) {
+                Ok(found) => return Ok(distribute(ranges, &found)),
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOTTY)
+                        || e.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    self.scan_supported = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        ranges
+            .iter()
+            .map(|&(start, end)| self.populated(start, end))
+            .collect()
+    }
+
     fn scan(&mut self, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut regions = vec![PageRegion::default(); 512];
@@ -86,8 +113,10 @@ impl PageMap {
                 end,
                 vec: regions.as_mut_ptr() as u64,
                 vec_len: regions.len() as u64,
-                category_inverted: PAGE_IS_PFNZERO | PAGE_IS_GUARD,
-                category_mask: PAGE_IS_PFNZERO | PAGE_IS_GUARD,
+                // Anonymous pages only: the callers ask about private
+                // anonymous memory, and file pages there are not data.
+                category_inverted: PAGE_IS_PFNZERO | PAGE_IS_GUARD | PAGE_IS_FILE,
+                category_mask: PAGE_IS_PFNZERO | PAGE_IS_GUARD | PAGE_IS_FILE,
                 category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
                 return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
                 ..Default::default()
@@ -148,8 +177,41 @@ impl PageMap {
     }
 }
 
+/// Splits `found` (sorted, disjoint) among `ranges` (sorted, disjoint).
+fn distribute(ranges: &[(u64, u64)], found: &[(u64, u64)]) -> Vec<Vec<(u64, u64)>> {
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut next = 0;
+    for &(start, end) in ranges {
+        while next < found.len() && found[next].1 <= start {
+            next += 1;
+        }
+        let mut mine = Vec::new();
+        let mut i = next;
+        while i < found.len() && found[i].0 < end {
+            mine.push((found[i].0.max(start), found[i].1.min(end)));
+            i += 1;
+        }
+        out.push(mine);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn distribute_clips_found_ranges_to_each_request() {
+        let ranges = [(0x1000, 0x5000), (0x8000, 0x9000), (0xa000, 0xc000)];
+        let found = [(0x0, 0x2000), (0x4000, 0x8800), (0xb000, 0xd000)];
+        assert_eq!(
+            super::distribute(&ranges, &found),
+            vec![
+                vec![(0x1000, 0x2000), (0x4000, 0x5000)],
+                vec![(0x8000, 0x8800)],
+                vec![(0xb000, 0xc000)]
+            ]
+        );
+    }
+
     use super::*;
 
     /// Our own address space is a live process too: touch some pages of a

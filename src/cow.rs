@@ -100,7 +100,10 @@ fn check_preconditions(frozen: &FrozenProcess, snapshot: &Snapshot) -> Result<()
     Ok(())
 }
 
-fn needs_preload(region: &crate::snapshot::Region) -> bool {
+/// Memory a clone does not hold as it was at the freeze: shared mappings
+/// (the target's later writes show through) and MADV_DONTFORK /
+/// MADV_WIPEONFORK regions (missing or zeroed in the clone).
+pub fn needs_preload(region: &crate::snapshot::Region) -> bool {
     let m = &region.mapping;
     region.dumped_len() > 0 && (m.shared || m.has_vm_flag(b"dc") || m.has_vm_flag(b"wf"))
 }

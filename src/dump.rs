@@ -585,7 +585,7 @@ fn dump_with(
             .unwrap_or(DEFAULT_FILTER),
         all: options.all,
     };
-    let snapshot =
+    let mut snapshot =
         collect::collect_with_signal(&frozen, state_before, policy, &memory, trigger.as_ref())?;
     let progress = |done: u64, total: u64| {
         if let Some(p) = &options.progress {
@@ -613,6 +613,22 @@ fn dump_with(
         }
     };
     let left_stopped = frozen.was_stopped();
+    // With a clone holding the memory, the target goes free now: building
+    // the manifest (build-ids are read from disk) need not pause it.
+    let mut held = Some(frozen);
+    let released_early = cow
+        .as_ref()
+        .and_then(|_| held.take())
+        .map(|frozen| frozen.release());
+    // The page map is read from whichever process the memory comes from.
+    // Regions copied under the freeze (MADV_DONTFORK ones are not even in
+    // the clone) are read in full from that copy.
+    match &cow {
+        Some(copy) => {
+            collect::find_populated(&mut snapshot, copy.child_pid(), crate::cow::needs_preload)
+        }
+        None => collect::find_populated(&mut snapshot, pid, |_| false),
+    }
     let mode = if cow.is_some() {
         options.mode
     } else {
@@ -644,7 +660,7 @@ fn dump_with(
     let extra_notes = vec![note];
     let (written, pause) = match cow {
         Some(copy) => {
-            let pause = frozen.release();
+            let pause = released_early.unwrap_or_default();
             let written = writer::write_core(
                 &snapshot,
                 extra_notes,
@@ -667,7 +683,11 @@ fn dump_with(
                 &options.cancel,
                 &progress,
             );
-            (written, frozen.release())
+            let pause = held
+                .take()
+                .map(|frozen| frozen.release())
+                .unwrap_or_default();
+            (written, pause)
         }
     };
     let stats = match written {

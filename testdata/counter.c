@@ -8,7 +8,10 @@
  * With a second argument `seccomp` it installs a seccomp filter that allows
  * everything, which is enough for coresnap to refuse to inject a clone.
  *
- * Ready line: ready pid= counter= spinner= lockfile=
+ * A MADV_DONTFORK page holds 0xD0F0D0F0D0F0D0F0 in its first 8 bytes (a
+ * fork does not copy it, so a copy-on-write dump must read it before).
+ *
+ * Ready line: ready pid= counter= spinner= lockfile= dontfork=
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -19,6 +22,7 @@
 #include <linux/seccomp.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -67,11 +71,18 @@ int main(int argc, char **argv)
         perror("socketpair");
         return 1;
     }
+    uint64_t *dontfork = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (dontfork == MAP_FAILED || madvise(dontfork, 4096, MADV_DONTFORK) != 0) {
+        perror("dontfork");
+        return 1;
+    }
+    *dontfork = 0xD0F0D0F0D0F0D0F0ull;
     pthread_t th;
     pthread_create(&th, NULL, spinner, NULL);
     while (!spinner_tid || counter < 1000)
         usleep(1000);
-    printf("ready pid=%d counter=%p spinner=%d lockfile=%s\n", getpid(), (void *)&counter, (int)spinner_tid, lockfile);
+    printf("ready pid=%d counter=%p spinner=%d lockfile=%s dontfork=%p\n", getpid(), (void *)&counter, (int)spinner_tid,
+           lockfile, (void *)dontfork);
     fflush(stdout);
     for (;;)
         pause();

@@ -86,12 +86,17 @@ fn memory_is_the_freeze_instant_while_the_target_runs_on() {
         &core,
         &[
             "info threads",
+            &format!("x/1gx {}", target.get("dontfork")),
             "thread 2",
             "p/x $r12",
             &format!("x/1gx {}", target.get("counter")),
         ],
     );
     assert!(out.contains(&format!("LWP {spinner}")), "{out}");
+    assert!(
+        out.contains("0xd0f0d0f0d0f0d0f0"),
+        "the MADV_DONTFORK page must be in the core:\n{out}"
+    );
     let r12 = out
         .lines()
         .find_map(|l| {

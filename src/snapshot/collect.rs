@@ -91,7 +91,7 @@ pub fn collect_with_signal(
     }
     // Without a page map every byte is read; the core is still exact, only
     // slower on sparse processes.
-    let mut regions: Vec<Region> = mappings
+    let regions: Vec<Region> = mappings
         .into_iter()
         .map(|mapping| {
             let decision = decide(&mapping, policy, || {
@@ -104,8 +104,29 @@ pub fn collect_with_signal(
             }
         })
         .collect();
+    Ok(Snapshot {
+        process,
+        threads,
+        auxv,
+        regions,
+        policy,
+    })
+}
+
+/// Finds which pages of the private anonymous regions hold data, from the
+/// page map of `pid`: the frozen target, or (in copy-on-write mode, after
+/// the target is released) its clone, whose anonymous pages are the
+/// target's, shared. Regions for which `read_whole` says so are left to be
+/// read in full. Without a page map every byte is read: the core is the
+/// same, the dump only slower on sparse processes.
+pub fn find_populated(snapshot: &mut Snapshot, pid: i32, read_whole: impl Fn(&Region) -> bool) {
+    let regions = &mut snapshot.regions;
     let sparse: Vec<usize> = (0..regions.len())
-        .filter(|&i| regions[i].dumped_len() > 0 && regions[i].is_private_anonymous())
+        .filter(|&i| {
+            regions[i].dumped_len() > 0
+                && regions[i].is_private_anonymous()
+                && !read_whole(&regions[i])
+        })
         .collect();
     let spans: Vec<(u64, u64)> = sparse
         .iter()
@@ -116,8 +137,6 @@ pub fn collect_with_signal(
             )
         })
         .collect();
-    // Without a page map every byte is read: the core is the same, the dump
-    // only slower on sparse processes.
     if let Some(populated) = PageMap::open(pid)
         .ok()
         .and_then(|mut map| map.populated_in(&spans).ok())
@@ -126,13 +145,6 @@ pub fn collect_with_signal(
             regions[i].populated = Some(found);
         }
     }
-    Ok(Snapshot {
-        process,
-        threads,
-        auxv,
-        regions,
-        policy,
-    })
 }
 
 fn starts_with_elf_magic(memory: &MemoryReader, addr: u64) -> bool {

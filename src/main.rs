@@ -490,20 +490,7 @@ fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
-pub(crate) fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
-}
+pub(crate) use coresnap::inspect::render::human_bytes;
 
 fn summary(report: &DumpReport) -> String {
     let target = report

@@ -218,8 +218,9 @@ pub fn rle_zero_frame_len(frame: &[u8]) -> Option<u64> {
 }
 
 /// Length of the seek table's skippable frame, from the footer at the end of
-/// the file.
-fn seek_table_len(file: &File, file_len: u64) -> Result<u64, String> {
+/// the file (the format of zstd's `contrib/seekable_format`, which zeekstd
+/// writes). Shared with `inspect`, which reads the same files.
+pub fn seek_table_len(file: &File, file_len: u64) -> Result<u64, String> {
     if file_len < 17 {
         return Err("too short for a seek table".into());
     }

@@ -207,45 +207,7 @@ struct FrameCache {
     frames: Vec<(u32, Arc<Vec<u8>>)>,
 }
 
-const SKIPPABLE_MAGIC: u32 = 0x184d_2a5e;
-
-/// Length of the skippable frame holding the seek table, from the footer
-/// (the format of zstd's `contrib/seekable_format`, which zeekstd writes).
-fn seek_table_len(file: &File, file_len: u64) -> Result<u64, String> {
-    if file_len < 17 {
-        return Err("too short to hold a seek table".into());
-    }
-    let mut footer = [0u8; 9];
-    file.read_exact_at(&mut footer, file_len - 9)
-        .map_err(|e| e.to_string())?;
-    let frames = u64::from(u32::from_le_bytes([
-        footer[0], footer[1], footer[2], footer[3],
-    ]));
-    let magic = u32::from_le_bytes([footer[5], footer[6], footer[7], footer[8]]);
-    if magic != zeekstd::SEEKABLE_MAGIC_NUMBER {
-        return Err(
-            "no seek table at the end (truncated, or not written in the seekable format)".into(),
-        );
-    }
-    let per_frame = if footer[4] & 0x80 != 0 { 12 } else { 8 };
-    let len = 8 + frames * per_frame + 9;
-    if len > file_len {
-        return Err(format!(
-            "the seek table claims {frames} frames, more than the file can hold"
-        ));
-    }
-    let mut header = [0u8; 8];
-    file.read_exact_at(&mut header, file_len - len)
-        .map_err(|e| e.to_string())?;
-    let magic = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let size = u64::from(u32::from_le_bytes([
-        header[4], header[5], header[6], header[7],
-    ]));
-    if magic != SKIPPABLE_MAGIC || size + 8 != len {
-        return Err("the seek table's skippable frame header is damaged".into());
-    }
-    Ok(len)
-}
+use crate::archive::reader::seek_table_len;
 
 impl ZstdSource {
     /// Opens a seekable `.zst`; fails when it has no valid seek table or the

@@ -181,6 +181,37 @@ fn segfault_is_caught_and_still_kills_the_target() {
     assert!(out.contains("= 11"), "{out}");
     assert!(out.contains("(void *) 0x0"), "{out}");
     assert!(out.contains(&format!("LWP {}", target.worker)), "{out}");
+
+    // The other debuggers users open cores with see the crash too.
+    let core = core_path(&prefix, target.pid);
+    if have_program("eu-stack", "--version") {
+        let mut cmd = Command::new("eu-stack");
+        cmd.arg("--core").arg(&core).arg("-e").arg(&exe);
+        let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, true);
+        assert!(
+            res.stdout.contains("crash_here"),
+            "eu-stack:\n{}",
+            res.describe()
+        );
+    } else {
+        println!("SKIPPED eu-stack check: eu-stack is not installed");
+    }
+    if have_program("lldb", "--version") {
+        let mut cmd = Command::new("lldb");
+        cmd.arg("--batch")
+            .arg("-c")
+            .arg(&core)
+            .arg(&exe)
+            .args(["-o", "bt"]);
+        let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, false);
+        assert!(
+            res.stdout.contains("crash_here") && res.stdout.contains("SIGSEGV"),
+            "lldb:\n{}",
+            res.describe()
+        );
+    } else {
+        println!("SKIPPED lldb check: lldb is not installed");
+    }
 }
 
 #[test]

@@ -230,10 +230,7 @@ impl MemorySource for CowCopy {
                     .any(|p| p.start < end && addr < p.start + p.bytes.len() as u64)
         };
         if pieces.iter().any(special) {
-            for &(addr, at, len) in pieces {
-                self.read(addr, &mut buf[at..at + len], unreadable)?;
-            }
-            Ok(())
+            crate::process::memory::read_each(self, pieces, buf, unreadable)
         } else {
             self.child_memory.read_pieces(pieces, buf, unreadable)
         }

@@ -184,15 +184,21 @@ fn parse_signal_list(text: &str) -> Result<SignalList, String> {
         .map(SignalList)
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
+/// Splits "2.5G" or "500ms" into its number and its unit.
+fn number_and_unit<'a>(text: &'a str, what: &str) -> Result<(f64, &'a str), String> {
     let (digits, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(text.len()),
     );
-    let value: f64 = digits
+    let value = digits
         .parse()
-        .map_err(|_| format!("{text:?} is not a size"))?;
+        .map_err(|_| format!("{text:?} is not a {what}"))?;
+    Ok((value, unit))
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (value, unit) = number_and_unit(text, "size")?;
     let scale = match unit
         .trim()
         .to_ascii_uppercase()
@@ -211,13 +217,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration"))?;
+    let (value, unit) = number_and_unit(text, "duration")?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -680,4 +680,26 @@ fn watch_conditions(
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_and_signal_lists_parse() {
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5MiB"), Ok(3 << 19));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            parse_signal_list("SEGV,sigabrt,10").map(|l| l.0),
+            Ok(vec![11, 6, 10])
+        );
+        assert!(parse_signal_list("NOPE").is_err());
+    }
 }

@@ -53,11 +53,21 @@ pub trait MemorySource: Sync {
         buf: &mut [u8],
         unreadable: &mut Vec<Unreadable>,
     ) -> Result<(), MemoryError> {
-        for &(addr, at, len) in pieces {
-            self.read(addr, &mut buf[at..at + len], unreadable)?;
-        }
-        Ok(())
+        read_each(self, pieces, buf, unreadable)
     }
+}
+
+/// [`MemorySource::read_pieces`] one piece at a time.
+pub fn read_each<S: MemorySource + ?Sized>(
+    source: &S,
+    pieces: &[(u64, usize, usize)],
+    buf: &mut [u8],
+    unreadable: &mut Vec<Unreadable>,
+) -> Result<(), MemoryError> {
+    for &(addr, at, len) in pieces {
+        source.read(addr, &mut buf[at..at + len], unreadable)?;
+    }
+    Ok(())
 }
 
 impl MemorySource for MemoryReader {

@@ -24,6 +24,41 @@ pub struct Context<'a> {
     pub trigger: Option<(i32, i32)>,
 }
 
+/// The target's pid and mount namespaces, when either differs from ours.
+fn namespaces(pid: i32) -> Option<super::Namespaces> {
+    let link = |who: &str, ns: &str| {
+        std::fs::read_link(format!("/proc/{who}/ns/{ns}"))
+            .ok()
+            .map(|l| l.to_string_lossy().into_owned())
+    };
+    let (pid_ns, mnt_ns) = (
+        link(&pid.to_string(), "pid")?,
+        link(&pid.to_string(), "mnt")?,
+    );
+    if Some(&pid_ns) == link("self", "pid").as_ref()
+        && Some(&mnt_ns) == link("self", "mnt").as_ref()
+    {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let pids: Vec<i32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|| vec![pid]);
+    let pid_inside = *pids.last().unwrap_or(&pid);
+    Some(super::Namespaces {
+        pid_ns,
+        mnt_ns,
+        pids,
+        pid_inside,
+    })
+}
+
 /// The pre-copy manifest of `snapshot`: reads the host facts, the
 /// executable link and the build-ids of the mapped files.
 pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
@@ -80,6 +115,7 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
             uid: snapshot.process.uid,
             gid: snapshot.process.gid,
             threads: snapshot.threads.iter().map(|t| t.tid).collect(),
+            namespaces: namespaces(pid),
         },
         capture: Capture {
             time_utc: rfc3339(context.captured_at),

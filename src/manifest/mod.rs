@@ -88,6 +88,25 @@ pub struct Target {
     pub gid: u32,
     /// Thread ids, in the core's order (main thread first).
     pub threads: Vec<i32>,
+    /// Present when the target runs in other pid or mount namespaces than
+    /// coresnap (a container): the ids above are coresnap's view, NT_FILE
+    /// holds the paths as the container sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Namespaces>,
+}
+
+/// The target's namespaces, when they are not coresnap's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespaces {
+    /// `readlink /proc/PID/ns/pid`, e.g. `pid:[4026532178]`.
+    pub pid_ns: String,
+    /// `readlink /proc/PID/ns/mnt`.
+    pub mnt_ns: String,
+    /// The target's pid in each nested pid namespace, coresnap's first
+    /// (`NSpid` of `/proc/PID/status`).
+    pub pids: Vec<i32>,
+    /// The pid the target has inside its own namespace.
+    pub pid_inside: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +415,7 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 threads: vec![42, 43],
+                namespaces: None,
             },
             capture: Capture {
                 time_utc: "2026-01-01T00:00:00.000000Z".into(),

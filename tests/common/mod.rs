@@ -261,6 +261,8 @@ pub enum Program {
     Counter,
     /// `crasher.c` as a PIE.
     Crasher,
+    /// `mapnames.c` as a PIE.
+    MapNames,
 }
 
 impl Program {
@@ -274,6 +276,7 @@ impl Program {
             Program::ManyMaps => "many_maps",
             Program::Counter => "counter",
             Program::Crasher => "crasher",
+            Program::MapNames => "mapnames",
         }
     }
     fn source(self) -> &'static str {
@@ -285,6 +288,7 @@ impl Program {
             Program::ManyMaps => "many_maps.c",
             Program::Counter => "counter.c",
             Program::Crasher => "crasher.c",
+            Program::MapNames => "mapnames.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {

@@ -183,9 +183,11 @@ fn sigkill_mid_dump_kills_the_clone() {
         .arg(target.pid.to_string())
         .spawn()
         .unwrap();
-    // Wait until the clone exists (the target has a child), then kill.
+    // Wait until the clone exists and the target has been released (the
+    // copy from the clone is under way), then kill coresnap.
     let saw_clone = wait_until(Duration::from_secs(20), || {
         !children_of(target.pid).is_empty()
+            && all_task_status(target.pid).iter().all(|s| s.tracer == 0)
     });
     let _ = child.kill();
     let _ = child.wait();

@@ -647,7 +647,7 @@ fn dump_with(
         },
     );
     let note = manifest::note::encode(&manifest);
-    let (_, _, layout) = writer::plan(&snapshot, vec![note.clone()]);
+    let (notes, _, layout) = writer::plan(&snapshot, vec![note]);
     let ranges = snapshot
         .regions
         .iter()
@@ -657,13 +657,13 @@ fn dump_with(
         .collect();
     let mut measured = HashingSink::new(sink, hash_inline, ranges);
     let sink: &mut dyn Sink = &mut measured;
-    let extra_notes = vec![note];
     let (written, pause) = match cow {
         Some(copy) => {
             let pause = released_early.unwrap_or_default();
-            let written = writer::write_core(
+            let written = writer::write_planned(
                 &snapshot,
-                extra_notes,
+                &notes,
+                &layout,
                 &copy,
                 sink,
                 &options.cancel,
@@ -675,9 +675,10 @@ fn dump_with(
             (written, pause)
         }
         None => {
-            let written = writer::write_core(
+            let written = writer::write_planned(
                 &snapshot,
-                extra_notes,
+                &notes,
+                &layout,
                 &memory,
                 sink,
                 &options.cancel,

@@ -163,9 +163,24 @@ pub fn write_core(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<WriteStats, WriteError> {
     let (notes, _, layout) = plan(snapshot, extra_notes);
+    write_planned(snapshot, &notes, &layout, memory, sink, cancel, progress)
+}
+
+/// [`write_core`] for a layout the caller already planned with [`plan`]
+/// (to know segment offsets before writing), so the notes are not encoded
+/// twice.
+pub fn write_planned(
+    snapshot: &Snapshot,
+    notes: &[u8],
+    layout: &CoreLayout,
+    memory: &dyn MemorySource,
+    sink: &mut dyn Sink,
+    cancel: &CancelToken,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<WriteStats, WriteError> {
     sink.write_at(0, &layout.headers)?;
-    sink.write_at(layout.notes_offset, &notes)?;
-    let copies = copies(snapshot, &layout);
+    sink.write_at(layout.notes_offset, notes)?;
+    let copies = copies(snapshot, layout);
     let to_read: u64 = copies.iter().map(|c| c.len).sum();
     let mut stats = WriteStats {
         total_len: layout.total_len,

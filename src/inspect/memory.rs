@@ -89,21 +89,28 @@ impl<'c, S: ByteSource> Memory<'c, S> {
             .find(|r| addr < r.end)
     }
 
+    /// The region holding `at` and where its bytes present in the core end,
+    /// or why `at` is not in the core.
+    fn present_at(&self, at: u64) -> Result<(&Region, u64), MemError> {
+        let r = self.region(at).ok_or(MemError::Unmapped { addr: at })?;
+        let present_end = r.start.saturating_add(r.present);
+        if at >= present_end {
+            return Err(MemError::NotDumped {
+                addr: at,
+                start: r.start,
+                end: r.end,
+                present: r.present,
+            });
+        }
+        Ok((r, present_end))
+    }
+
     /// Checks that `len` bytes at `addr` are all present, without reading.
     pub fn check(&self, addr: u64, len: u64) -> Result<(), MemError> {
         let mut at = addr;
         let end = addr.saturating_add(len);
         while at < end {
-            let r = self.region(at).ok_or(MemError::Unmapped { addr: at })?;
-            let present_end = r.start.saturating_add(r.present);
-            if at >= present_end {
-                return Err(MemError::NotDumped {
-                    addr: at,
-                    start: r.start,
-                    end: r.end,
-                    present: r.present,
-                });
-            }
+            let (_, present_end) = self.present_at(at)?;
             at = present_end.min(end);
         }
         Ok(())
@@ -114,16 +121,7 @@ impl<'c, S: ByteSource> Memory<'c, S> {
         let mut done = 0usize;
         while done < buf.len() {
             let at = addr.saturating_add(done as u64);
-            let r = self.region(at).ok_or(MemError::Unmapped { addr: at })?;
-            let present_end = r.start.saturating_add(r.present);
-            if at >= present_end {
-                return Err(MemError::NotDumped {
-                    addr: at,
-                    start: r.start,
-                    end: r.end,
-                    present: r.present,
-                });
-            }
+            let (r, present_end) = self.present_at(at)?;
             let n = ((present_end - at) as usize).min(buf.len() - done);
             let offset = r.offset + (at - r.start);
             self.core

@@ -10,6 +10,7 @@ use crate::manifest::{self, FileEntry, Manifest, ZstdEntry};
 use crate::process::freeze::{FreezeError, FrozenProcess};
 use crate::process::info;
 use crate::process::memory::{MemoryError, MemoryReader, Unreadable};
+use crate::process::unattached::UnattachedFreeze;
 use crate::sink::hashing::Digests;
 use crate::sink::zstd_seekable::SeekableStats;
 use crate::sink::{
@@ -40,6 +41,19 @@ pub enum DumpMode {
     Cow { fallback: bool },
 }
 
+/// How coresnap gets hold of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Attach {
+    /// `PTRACE_SEIZE` + `PTRACE_INTERRUPT` of every thread: exact registers.
+    #[default]
+    Ptrace,
+    /// `--no-ptrace`: for a target another tool already traces. It is held
+    /// by its cgroup's freezer or SIGSTOP (not at all without `freeze`),
+    /// memory is read without attaching, and the registers are only what
+    /// `/proc` shows (stack pointer, program counter, system call).
+    Unattached { freeze: bool },
+}
+
 /// How to take the dump.
 #[derive(Clone)]
 pub struct DumpOptions {
@@ -58,6 +72,8 @@ pub struct DumpOptions {
     pub progress: Option<ProgressFn>,
     /// How the target is kept still while its memory is copied.
     pub mode: DumpMode,
+    /// ptrace, or not (`--no-ptrace`).
+    pub attach: Attach,
     /// Instead of dumping now, stay attached and dump when a thread is about
     /// to receive one of these signals (`--on-signal`); the signal is then
     /// delivered unchanged.
@@ -82,6 +98,7 @@ impl Default for DumpOptions {
             cancel: CancelToken::new(),
             progress: None,
             mode: DumpMode::Stop,
+            attach: Attach::Ptrace,
             on_signal: None,
             compress: None,
             manifest: true,
@@ -116,6 +133,11 @@ pub struct DumpReport {
     pub left_stopped: bool,
     /// The mode actually used.
     pub mode: DumpMode,
+    /// How the target was held: `ptrace`, or without it `cgroup-freezer`,
+    /// `sigstop`, `already-stopped`, `none`.
+    pub freeze: &'static str,
+    /// The registers are only what `/proc` shows (`--no-ptrace`).
+    pub registers_partial: bool,
     /// Why `--mode cow` fell back to stop mode, if it did.
     pub cow_fallback: Option<String>,
     /// Problems that did not stop the dump (e.g. cleaning up the clone).
@@ -167,6 +189,38 @@ pub enum DumpError {
     ExitedWithoutSignal { pid: i32 },
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
+    #[error("{what} needs ptrace; it cannot be combined with --no-ptrace")]
+    NeedsPtrace { what: &'static str },
+}
+
+/// The target, held still by one of the two means.
+enum Hold {
+    Attached(FrozenProcess),
+    Unattached(UnattachedFreeze),
+}
+
+impl Hold {
+    fn was_stopped(&self) -> bool {
+        match self {
+            Hold::Attached(frozen) => frozen.was_stopped(),
+            Hold::Unattached(held) => held.was_stopped(),
+        }
+    }
+
+    fn method(&self) -> &'static str {
+        match self {
+            Hold::Attached(_) => "ptrace",
+            Hold::Unattached(held) => held.method().name(),
+        }
+    }
+
+    /// Lets the target go; how long it was held.
+    fn release(self) -> Duration {
+        match self {
+            Hold::Attached(frozen) => frozen.release(),
+            Hold::Unattached(held) => held.release(),
+        }
+    }
 }
 
 /// What to do about an error writing the output.
@@ -564,20 +618,54 @@ fn dump_with(
     hash_inline: bool,
 ) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
+    if let Attach::Unattached { .. } = options.attach {
+        if options.on_signal.is_some() {
+            return Err(DumpError::NeedsPtrace { what: "--on-signal" });
+        }
+        if let DumpMode::Cow { .. } = options.mode {
+            return Err(DumpError::NeedsPtrace { what: "--mode cow" });
+        }
+    }
     let state_before = info::process_state(pid).map(|c| c as u8).unwrap_or(b'R');
-    let (frozen, trigger) = match &options.on_signal {
-        None => (
-            FrozenProcess::freeze(pid, options.freeze_timeout, &options.cancel)?,
+    // Without ptrace, make sure the memory can be read before stopping the
+    // target for nothing.
+    let unattached_memory = match options.attach {
+        Attach::Unattached { .. } => Some(UnattachedFreeze::open_memory(pid)?),
+        Attach::Ptrace => None,
+    };
+    let (hold, trigger) = match (&options.on_signal, options.attach) {
+        (_, Attach::Unattached { freeze }) => (
+            Hold::Unattached(UnattachedFreeze::freeze(
+                pid,
+                freeze,
+                options.freeze_timeout,
+                &options.cancel,
+            )?),
             None,
         ),
-        Some(signals) => match watch::wait_for_signal(pid, signals, &options.cancel)? {
-            WatchOutcome::Signal(frozen, trigger) => (*frozen, Some(trigger)),
-            WatchOutcome::Exited => return Err(DumpError::ExitedWithoutSignal { pid }),
-        },
+        (None, Attach::Ptrace) => (
+            Hold::Attached(FrozenProcess::freeze(
+                pid,
+                options.freeze_timeout,
+                &options.cancel,
+            )?),
+            None,
+        ),
+        (Some(signals), Attach::Ptrace) => {
+            match watch::wait_for_signal(pid, signals, &options.cancel)? {
+                WatchOutcome::Signal(frozen, trigger) => {
+                    (Hold::Attached(*frozen), Some(trigger))
+                }
+                WatchOutcome::Exited => return Err(DumpError::ExitedWithoutSignal { pid }),
+            }
+        }
     };
     // When every thread had stopped (with --on-signal, when the signal came).
     let captured_at = SystemTime::now();
-    let memory = MemoryReader::open(pid)?;
+    let memory = match unattached_memory {
+        Some(memory) => memory,
+        None => MemoryReader::open(pid)?,
+    };
     let policy = SelectionPolicy {
         filter: options
             .filter
@@ -585,24 +673,32 @@ fn dump_with(
             .unwrap_or(DEFAULT_FILTER),
         all: options.all,
     };
-    let mut snapshot =
-        collect::collect_with_signal(&frozen, state_before, policy, &memory, trigger.as_ref())?;
+    let mut snapshot = match &hold {
+        Hold::Attached(frozen) => {
+            collect::collect_with_signal(frozen, state_before, policy, &memory, trigger.as_ref())?
+        }
+        Hold::Unattached(held) => {
+            collect::collect_unattached(held, state_before, policy, &memory)?
+        }
+    };
+    let registers_partial = matches!(hold, Hold::Unattached(_));
+    let freeze_method = hold.method();
     let progress = |done: u64, total: u64| {
         if let Some(p) = &options.progress {
             p(done, total);
         }
     };
     let mut cow_fallback = None;
-    let cow = match options.mode {
-        DumpMode::Stop => None,
+    let cow = match (options.mode, &hold) {
+        (DumpMode::Stop, _) | (_, Hold::Unattached(_)) => None,
         // A stopped target stays stopped either way: no pause to shorten.
-        DumpMode::Cow { .. } if frozen.was_stopped() => {
+        (DumpMode::Cow { .. }, _) if hold.was_stopped() => {
             cow_fallback =
                 Some("the target was already stopped, so there is no pause to shorten".to_string());
             None
         }
-        DumpMode::Cow { fallback } => {
-            match CowCopy::prepare(&frozen, &snapshot, &memory, options.freeze_timeout) {
+        (DumpMode::Cow { fallback }, Hold::Attached(frozen)) => {
+            match CowCopy::prepare(frozen, &snapshot, &memory, options.freeze_timeout) {
                 Ok(copy) => Some(copy),
                 Err(source) if fallback => {
                     cow_fallback = Some(source.to_string());
@@ -612,14 +708,14 @@ fn dump_with(
             }
         }
     };
-    let left_stopped = frozen.was_stopped();
+    let left_stopped = hold.was_stopped();
     // With a clone holding the memory, the target goes free now: building
     // the manifest (build-ids are read from disk) need not pause it.
-    let mut held = Some(frozen);
+    let mut held = Some(hold);
     let released_early = cow
         .as_ref()
         .and_then(|_| held.take())
-        .map(|frozen| frozen.release());
+        .map(Hold::release);
     // The page map is read from whichever process the memory comes from.
     // Regions copied under the freeze (MADV_DONTFORK ones are not even in
     // the clone) are read in full from that copy.
@@ -635,6 +731,11 @@ fn dump_with(
         DumpMode::Stop
     };
     let mut warnings = Vec::new();
+    if registers_partial {
+        warnings.push(format!(
+            "the registers are partial: without ptrace only the stack pointer, program counter and system call arguments of threads stopped in the kernel are known (target held by: {freeze_method})"
+        ));
+    }
     // The manifest's pre-copy facts go into the core as the CORESNAP note;
     // the sink is wrapped to hash the core and count what each segment got.
     let mut manifest = manifest::build::begin(
@@ -644,6 +745,8 @@ fn dump_with(
             mode: mode_name(mode),
             left_stopped,
             trigger: trigger.as_ref().map(|t| (t.tid, t.signal)),
+            freeze: freeze_method,
+            registers_partial,
         },
     );
     let note = manifest::note::encode(&manifest);
@@ -684,10 +787,7 @@ fn dump_with(
                 &options.cancel,
                 &progress,
             );
-            let pause = held
-                .take()
-                .map(|frozen| frozen.release())
-                .unwrap_or_default();
+            let pause = held.take().map(Hold::release).unwrap_or_default();
             (written, pause)
         }
     };
@@ -725,6 +825,8 @@ fn dump_with(
         unreadable: stats.unreadable,
         left_stopped,
         mode,
+        freeze: freeze_method,
+        registers_partial,
         cow_fallback,
         warnings,
         trigger,

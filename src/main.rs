@@ -2,7 +2,7 @@
 //! is in the library.
 
 use clap::{Parser, Subcommand};
-use coresnap::{CancelToken, DumpMode, DumpOptions, DumpReport};
+use coresnap::{Attach, CancelToken, DumpMode, DumpOptions, DumpReport};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +86,20 @@ struct Cli {
     /// falling back to stop mode when a clone cannot be made safely.
     #[arg(long = "no-fallback", requires = "mode")]
     no_fallback: bool,
+
+    /// Dump without ptrace, e.g. a process that gdb or strace already
+    /// traces: hold it with its cgroup's freezer when it is alone in a
+    /// cgroup v2, else with SIGSTOP (undone with SIGCONT; a stop found in
+    /// place is kept), and read memory without attaching. Registers are
+    /// partial: only the stack pointer, program counter and system call
+    /// arguments of each thread. Example: coresnap --no-ptrace 1234
+    #[arg(long = "no-ptrace", conflicts_with_all = ["on_signal", "mode"])]
+    no_ptrace: bool,
+
+    /// With --no-ptrace: do not hold the target still at all; memory may
+    /// change while it is read, and running threads have no registers.
+    #[arg(long = "no-freeze", requires = "no_ptrace")]
+    no_freeze: bool,
 
     /// Compress while dumping, into PREFIX.PID.zst in the zstd seekable
     /// format (`zstd -d` gives the core back; `coresnap unpack` gives it back
@@ -383,6 +397,13 @@ fn main() -> ExitCode {
         manifest: !cli.no_manifest && (cli.output != "-" || cli.manifest.is_some()),
         manifest_path: cli.manifest.clone(),
         on_signal: cli.on_signal.clone().map(|list| list.0),
+        attach: if cli.no_ptrace {
+            Attach::Unattached {
+                freeze: !cli.no_freeze,
+            }
+        } else {
+            Attach::Ptrace
+        },
     };
     let conditions: Vec<coresnap::watch::Condition> = [
         cli.cpu_above.map(coresnap::watch::Condition::CpuAbove),
@@ -523,10 +544,11 @@ fn summary(report: &DumpReport) -> String {
         report.mappings_dumped,
         report.mappings,
         report.pause.as_secs_f64() * 1000.0,
-        if report.mode == DumpMode::Stop {
-            ""
-        } else {
-            " (copy-on-write)"
+        match (report.mode, report.freeze) {
+            (DumpMode::Cow { .. }, _) => " (copy-on-write)".to_string(),
+            (_, "ptrace") => String::new(),
+            (_, "none") => " (not frozen: --no-freeze)".to_string(),
+            (_, held) => format!(" (without ptrace, held by: {held})"),
         },
         if report.left_stopped {
             " (left stopped, as it was)"

@@ -4,7 +4,7 @@
 //! target.
 
 use crate::cancel::CancelToken;
-use crate::process::freeze::{FreezeError, FrozenProcess, FrozenThread};
+use crate::process::freeze::{FreezeError, FrozenProcess, FrozenThread, permission_error};
 use crate::process::info;
 use crate::sys::ptrace::{self, TraceStop};
 use nix::errno::Errno;
@@ -120,25 +120,7 @@ pub fn wait_for_signal(
                     watching.threads.insert(tid);
                 }
                 Err(Errno::ESRCH) => {}
-                Err(Errno::EPERM) => {
-                    let tracer = info::tracer_of(pid, tid).unwrap_or(0);
-                    return Err(if tracer != 0 {
-                        FreezeError::AlreadyTraced {
-                            pid,
-                            tid,
-                            tracer_pid: tracer,
-                            tracer_comm: info::comm(tracer).unwrap_or_default(),
-                        }
-                        .into()
-                    } else {
-                        FreezeError::PermissionDenied {
-                            pid,
-                            tid,
-                            why: info::explain_permission_denied(pid),
-                        }
-                        .into()
-                    });
-                }
+                Err(Errno::EPERM) => return Err(permission_error(pid, tid).into()),
                 Err(errno) => {
                     return Err(WatchError::Ptrace {
                         tid,

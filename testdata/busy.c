@@ -13,6 +13,8 @@
  *            it is a hole in the core
  *   exitmain=1  after the ready line the main thread calls pthread_exit():
  *            it stays a zombie while the other threads run on
+ *   nodump=1 prctl(PR_SET_DUMPABLE, 0) first: only a tracer with
+ *            CAP_SYS_PTRACE may attach (and the kernel writes no core)
  *
  * Once every thread is running (and each churner has completed at least one
  * create/join round) it prints ONE line:
@@ -28,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -82,7 +85,7 @@ static void *churner(void *arg)
 
 int main(int argc, char **argv)
 {
-    int spin = 0, sleep_n = 0, churn = 0, exit_main = 0;
+    int spin = 0, sleep_n = 0, churn = 0, exit_main = 0, no_dump = 0;
     long mem_mib = 0;
     for (int i = 1; i < argc; i++) {
         if (sscanf(argv[i], "spin=%d", &spin) == 1) continue;
@@ -90,6 +93,7 @@ int main(int argc, char **argv)
         if (sscanf(argv[i], "churn=%d", &churn) == 1) continue;
         if (sscanf(argv[i], "mem=%ld", &mem_mib) == 1) continue;
         if (sscanf(argv[i], "exitmain=%d", &exit_main) == 1) continue;
+        if (sscanf(argv[i], "nodump=%d", &no_dump) == 1) continue;
         fprintf(stderr, "busy: unknown argument %s\n", argv[i]);
         return 2;
     }
@@ -97,6 +101,11 @@ int main(int argc, char **argv)
     if (total > MAX_THREADS) {
         fprintf(stderr, "busy: too many threads\n");
         return 2;
+    }
+
+    if (no_dump && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) {
+        perror("busy: prctl");
+        return 1;
     }
 
     unsigned char *mem = NULL;

@@ -165,7 +165,20 @@ impl Background {
     /// Starts coresnap with `args`; stdout goes to /dev/null unless
     /// `keep_stdout` (then it is a pipe that nobody reads).
     fn start(args: &[&OsStr], keep_stdout: bool) -> Background {
-        let mut cmd = Command::new(coresnap_bin());
+        Background::start_via(&[], args, keep_stdout)
+    }
+
+    /// As [`Background::start`], run through `wrapper` (e.g. `setpriv`
+    /// with its options) when it is not empty.
+    fn start_via(wrapper: &[&str], args: &[&OsStr], keep_stdout: bool) -> Background {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, options)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(options).arg(coresnap_bin());
+                cmd
+            }
+            None => Command::new(coresnap_bin()),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(if keep_stdout {
@@ -235,8 +248,13 @@ impl Background {
 /// Runs coresnap to completion (killed and failing the test after
 /// [`RUN_TIMEOUT`]).
 fn coresnap<S: AsRef<OsStr>>(args: &[S]) -> Run {
+    coresnap_via(&[], args)
+}
+
+/// [`coresnap`] run through `wrapper` (see [`Background::start_via`]).
+fn coresnap_via<S: AsRef<OsStr>>(wrapper: &[&str], args: &[S]) -> Run {
     let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
-    Background::start(&args, false).finish(RUN_TIMEOUT)
+    Background::start_via(wrapper, &args, false).finish(RUN_TIMEOUT)
 }
 
 fn os(s: impl AsRef<OsStr>) -> OsString {
@@ -337,8 +355,22 @@ struct Target {
 impl Target {
     /// Starts `testdata/NAME.c` with `args` and waits for its ready line.
     fn start<S: AsRef<OsStr>>(name: &'static str, args: &[S]) -> Target {
+        Target::start_via(&[], name, args)
+    }
+
+    /// As [`Target::start`], run through `wrapper` (e.g. `setpriv` with its
+    /// options, which then execs the target in the same process).
+    fn start_via<S: AsRef<OsStr>>(wrapper: &[&str], name: &'static str, args: &[S]) -> Target {
         let exe = build(name);
-        let mut child = Command::new(&exe)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, options)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(options).arg(&exe);
+                cmd
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -610,17 +642,14 @@ fn reported_threads(stderr: &str) -> usize {
     words[at - 1].parse().unwrap()
 }
 
-/// Thread ids gdb lists for a core (`info threads`, "LWP N").
-fn gdb_threads(exe: &Path, core: &Path) -> BTreeSet<i32> {
-    let child = Command::new("gdb")
-        .args([
-            "-nx",
-            "-batch",
-            "-iex",
-            "set debuginfod enabled off",
-            "-ex",
-            "info threads",
-        ])
+/// gdb's output for `commands` run on `core` (and its executable).
+fn gdb_batch(exe: &Path, core: &Path, commands: &[&str]) -> String {
+    let mut cmd = Command::new("gdb");
+    cmd.args(["-nx", "-batch", "-iex", "set debuginfod enabled off"]);
+    for command in commands {
+        cmd.args(["-ex", command]);
+    }
+    let child = cmd
         .arg(exe)
         .arg(core)
         .stdin(Stdio::null())
@@ -646,7 +675,13 @@ fn gdb_threads(exe: &Path, core: &Path) -> BTreeSet<i32> {
         "gdb failed on {}:\n{out}\n{err}",
         core.display()
     );
-    out.split("(LWP ")
+    out
+}
+
+/// Thread ids gdb lists for a core (`info threads`, "LWP N").
+fn gdb_threads(exe: &Path, core: &Path) -> BTreeSet<i32> {
+    gdb_batch(exe, core, &["info threads"])
+        .split("(LWP ")
         .skip(1)
         .filter_map(|s| s.split(')').next()?.trim().parse().ok())
         .collect()
@@ -1778,4 +1813,433 @@ fn soak_200_dumps_of_a_busy_target() {
         pauses.last().copied().unwrap_or(0.0)
     );
     assert!(entries(dir.path()).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 10. Permission denied: each reason the kernel has, provoked for real
+// (Yama's ptrace_scope is not in this kernel; its messages are unit-tested in
+// src/process/permission.rs)
+// ---------------------------------------------------------------------------
+
+/// `setpriv` options that run a program as nobody:nogroup.
+const AS_NOBODY: [&str; 4] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
+/// `setpriv` options that run a program as root without CAP_SYS_PTRACE.
+const WITHOUT_CAP_SYS_PTRACE: [&str; 3] =
+    ["setpriv", "--inh-caps=-all", "--bounding-set=-sys_ptrace"];
+
+/// Whether coresnap and the test targets can be run through `wrapper`
+/// (setpriv present, the build directories readable by that user); prints
+/// why not.
+fn can_run_via(wrapper: &[&str]) -> bool {
+    let run = coresnap_via(wrapper, &["--version"]);
+    if !run.status.success() {
+        eprintln!(
+            "skipped: cannot run coresnap through {wrapper:?}: {}",
+            run.stderr
+        );
+    }
+    run.status.success()
+}
+
+/// A scratch directory anyone may write into.
+fn scratch_for_anyone(label: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch(label);
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+#[test]
+fn permission_denied_for_another_users_process() {
+    require_root!();
+    if !can_run_via(&AS_NOBODY) {
+        return;
+    }
+    let dir = scratch_for_anyone("otheruser");
+    let target = Target::start("busy", &["sleep=1"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let (prefix, _) = prefix_and_core(dir.path(), target.pid);
+    for extra in [None, Some("--no-ptrace")] {
+        let mut args = vec![os("-o"), prefix.clone(), os(target.pid.to_string())];
+        args.extend(extra.map(os));
+        let run = coresnap_via(&AS_NOBODY, &args);
+        assert_refused(
+            &run,
+            dir.path(),
+            &[
+                &format!("permission denied to thread {0} of process {0}", target.pid),
+                "the process runs as uid 0 and coresnap as uid 65534",
+                "run coresnap as uid 0 or as root",
+            ],
+        );
+        assert_state_is(
+            target.pid,
+            None,
+            &running_untraced(&stable),
+            &format!("{extra:?}"),
+        );
+    }
+}
+
+#[test]
+fn permission_denied_for_a_process_that_is_not_dumpable() {
+    require_root!();
+    if !can_run_via(&AS_NOBODY) {
+        return;
+    }
+    let dir = scratch_for_anyone("nodump");
+    let mut target = Target::start_via(&AS_NOBODY, "busy", &["sleep=1", "nodump=1"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
+    for extra in [None, Some("--no-ptrace")] {
+        let mut args = vec![os("-o"), prefix.clone(), os(target.pid.to_string())];
+        args.extend(extra.map(os));
+        let run = coresnap_via(&AS_NOBODY, &args);
+        assert_refused(
+            &run,
+            dir.path(),
+            &["the process is not dumpable", "PR_SET_DUMPABLE", "run coresnap as root"],
+        );
+        assert_state_is(
+            target.pid,
+            None,
+            &running_untraced(&stable),
+            &format!("{extra:?}"),
+        );
+    }
+    // The advice holds: root dumps it.
+    let run = coresnap(&[os("-o"), prefix, os(target.pid.to_string())]);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert_eq!(Core::read(&core).thread_ids().len(), stable.len());
+    target.assert_alive();
+    assert_state_is(target.pid, None, &running_untraced(&stable), "after root's dump");
+}
+
+#[test]
+fn permission_denied_without_cap_sys_ptrace() {
+    require_root!();
+    if !can_run_via(&WITHOUT_CAP_SYS_PTRACE) {
+        return;
+    }
+    let dir = scratch("nocap");
+    let target = Target::start("busy", &["sleep=1"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let (prefix, _) = prefix_and_core(dir.path(), target.pid);
+    let run = coresnap_via(
+        &WITHOUT_CAP_SYS_PTRACE,
+        &[os("-o"), prefix, os(target.pid.to_string())],
+    );
+    assert_refused(
+        &run,
+        dir.path(),
+        &[
+            "holds capabilities that coresnap lacks (CAP_SYS_PTRACE)",
+            "run it as root with CAP_SYS_PTRACE",
+        ],
+    );
+    assert_state_is(target.pid, None, &running_untraced(&stable), "after");
+}
+
+// ---------------------------------------------------------------------------
+// 11. --no-ptrace: a best-effort core of a process that cannot be attached
+// ---------------------------------------------------------------------------
+
+/// Whether the target, a child of this test, reported a job-control stop
+/// or continue (SIGSTOP, SIGCONT) since the last look; the report is
+/// consumed, as a shell's wait would.
+fn job_control_reported(pid: i32) -> bool {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only into `info`; WNOHANG never blocks.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG,
+        )
+    };
+    assert_eq!(rc, 0, "waitid: {}", std::io::Error::last_os_error());
+    // SAFETY: waitid filled in the SIGCHLD fields (si_pid 0: no report).
+    unsafe { info.si_pid() != 0 }
+}
+
+/// The `capture` object of the manifest next to `core`.
+fn manifest_capture(core: &Path) -> serde_json::Value {
+    let path = PathBuf::from(format!("{}.json", core.display()));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    manifest["capture"].clone()
+}
+
+/// Checks a --no-ptrace core of `busy sleep=N mem=M` in gdb: every thread
+/// is there, each stopped in pause() with the caller named, and the memory
+/// holds the target's pattern.
+fn check_unattached_core(target: &Target, core: &Path, stable: &BTreeSet<i32>) {
+    let exe = build("busy");
+    assert_eq!(gdb_threads(&exe, core), *stable);
+    let mem = target.addr("mem");
+    let out = gdb_batch(
+        &exe,
+        core,
+        &[
+            "thread apply all bt 3",
+            &format!("x/gx {:#x}", mem + 5 * 4096),
+        ],
+    );
+    let traces: Vec<&str> = out.split("\nThread ").skip(1).collect();
+    assert_eq!(traces.len(), stable.len(), "{out}");
+    for trace in traces {
+        assert!(trace.contains("pause"), "not in pause():\n{trace}");
+        let tid: i32 = trace
+            .split("(LWP ")
+            .nth(1)
+            .and_then(|s| s.split(')').next()?.parse().ok())
+            .unwrap();
+        let caller = if tid == target.pid { "main" } else { "sleeper" };
+        assert!(
+            trace.contains(&format!(" in {caller} ")),
+            "thread {tid} does not show its caller {caller}:\n{trace}"
+        );
+    }
+    assert!(
+        out.contains(":\t0xb5b5000000000005"),
+        "memory pattern missing:\n{out}"
+    );
+}
+
+#[test]
+fn no_ptrace_dumps_a_process_that_strace_traces() {
+    require_root!();
+    let dir = scratch("noptrace-strace");
+    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let Some(strace) = start_tool(
+        "strace",
+        &[
+            "-f".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-p".into(),
+            target.pid.to_string(),
+        ],
+    ) else {
+        return;
+    };
+    for &tid in &stable {
+        wait_traced(target.pid, tid);
+    }
+    wait_sleeping(target.pid, &stable);
+    let before = state_of(target.pid, None);
+    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
+    let run = coresnap(&[
+        os("--no-ptrace"),
+        os("-o"),
+        prefix,
+        os(target.pid.to_string()),
+    ]);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert!(run.stderr.contains("the registers are partial"), "{run:?}");
+    let capture = manifest_capture(&core);
+    assert_eq!(capture["registers"], "partial");
+    assert_eq!(capture["freeze"], "sigstop", "{capture}");
+    check_unattached_core(&target, &core, &stable);
+    // Still traced by strace, and running: the SIGSTOP was undone.
+    assert_state_is(target.pid, None, &before, "after the dump");
+    drop(strace);
+}
+
+#[test]
+fn no_ptrace_undoes_its_sigstop_and_keeps_a_stop_it_found() {
+    require_root!();
+    let dir = scratch("noptrace-stop");
+    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
+    let args = [
+        os("--no-ptrace"),
+        os("-o"),
+        prefix,
+        os(target.pid.to_string()),
+    ];
+    let run = coresnap(&args);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert!(run.stderr.contains("held by: sigstop"), "{run:?}");
+    assert_eq!(manifest_capture(&core)["freeze"], "sigstop");
+    check_unattached_core(&target, &core, &stable);
+    assert!(
+        job_control_reported(target.pid),
+        "the target was never stopped and continued"
+    );
+    assert_state_is(target.pid, None, &running_untraced(&stable), "after SIGCONT");
+    clear_dir(dir.path());
+
+    stop(target.pid, &stable);
+    assert!(job_control_reported(target.pid));
+    let run = coresnap(&args);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert_eq!(manifest_capture(&core)["freeze"], "already-stopped");
+    check_unattached_core(&target, &core, &stable);
+    assert!(
+        !job_control_reported(target.pid),
+        "coresnap continued a stop it did not cause"
+    );
+    let stopped: BTreeMap<_, _> = stable.iter().map(|&t| (t, ("stopped", 0))).collect();
+    assert_state_is(target.pid, None, &stopped, "left stopped");
+}
+
+#[test]
+fn no_ptrace_without_freezing() {
+    require_root!();
+    let dir = scratch("noptrace-nofreeze");
+    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
+    let run = coresnap(&[
+        os("--no-ptrace"),
+        os("--no-freeze"),
+        os("-o"),
+        prefix,
+        os(target.pid.to_string()),
+    ]);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert!(run.stderr.contains("not frozen"), "{run:?}");
+    assert_eq!(manifest_capture(&core)["freeze"], "none");
+    // Sleeping threads are not running: /proc still shows where they are.
+    check_unattached_core(&target, &core, &stable);
+    assert!(!job_control_reported(target.pid), "the target was stopped");
+    assert_state_is(target.pid, None, &running_untraced(&stable), "after");
+}
+
+/// A cgroup v2 directory made for one test, removed on drop (once empty).
+struct Cgroup {
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    /// A fresh cgroup under the first cgroup2 mount that allows it; `None`
+    /// (with the reason printed) otherwise.
+    fn create(label: &str) -> Option<Cgroup> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = mountinfo.lines().find_map(|line| {
+            let (fields, fs_type) = line.split_once(" - ")?;
+            if fs_type.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            fields.split_whitespace().nth(4).map(PathBuf::from)
+        });
+        let Some(mount) = mount else {
+            eprintln!("skipped: no cgroup2 file system is mounted");
+            return None;
+        };
+        let dir = mount.join(format!("coresnap-test-{label}-{}", std::process::id()));
+        if let Err(e) = fs::create_dir(&dir) {
+            eprintln!("skipped: cannot create {}: {e}", dir.display());
+            return None;
+        }
+        if !dir.join("cgroup.freeze").exists() {
+            eprintln!("skipped: {} has no freezer", dir.display());
+            let _ = fs::remove_dir(&dir);
+            return None;
+        }
+        Some(Cgroup { dir })
+    }
+
+    fn add(&self, pid: i32) -> bool {
+        match fs::write(self.dir.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("skipped: cannot move {pid} into {}: {e}", self.dir.display());
+                false
+            }
+        }
+    }
+
+    fn frozen(&self) -> bool {
+        fs::read_to_string(self.dir.join("cgroup.events"))
+            .unwrap()
+            .lines()
+            .any(|l| l == "frozen 1")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The processes in it are killed first; rmdir works once they are
+        // reaped.
+        if !wait_until(Duration::from_secs(10), || fs::remove_dir(&self.dir).is_ok()) {
+            eprintln!("warning: could not remove {}", self.dir.display());
+        }
+    }
+}
+
+#[test]
+fn no_ptrace_freezes_the_targets_own_cgroup() {
+    require_root!();
+    let Some(cgroup) = Cgroup::create("freeze") else {
+        return;
+    };
+    let dir = scratch("noptrace-cgroup");
+    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    if !cgroup.add(target.pid) {
+        return;
+    }
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
+    let run = coresnap(&[
+        os("--no-ptrace"),
+        os("-o"),
+        prefix,
+        os(target.pid.to_string()),
+    ]);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert!(run.stderr.contains("held by: cgroup-freezer"), "{run:?}");
+    assert_eq!(manifest_capture(&core)["freeze"], "cgroup-freezer");
+    check_unattached_core(&target, &core, &stable);
+    assert!(!cgroup.frozen(), "the cgroup was left frozen");
+    assert!(
+        !job_control_reported(target.pid),
+        "the target got SIGSTOP although its cgroup could be frozen"
+    );
+    assert_state_is(target.pid, None, &running_untraced(&stable), "after");
+}
+
+#[test]
+fn no_ptrace_sigterm_mid_dump_continues_the_target_and_removes_the_file() {
+    require_root!();
+    let dir = scratch("noptrace-sigterm");
+    let mut target = Target::start("busy", &["mem=1024", "sleep=2"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let (prefix, _) = prefix_and_core(dir.path(), target.pid);
+    let mut run = Background::start(
+        &[
+            OsStr::new("--no-ptrace"),
+            OsStr::new("-o"),
+            &prefix,
+            OsStr::new(&target.pid.to_string()),
+        ],
+        false,
+    );
+    wait_for_partial(dir.path(), 64 << 20, &mut run);
+    signal(run.pid(), libc::SIGTERM);
+    let run = run.finish(Duration::from_secs(10));
+    assert_eq!(run.code(), Some(143), "{run:?}");
+    assert_dir_empty(dir.path(), &run);
+    target.assert_alive();
+    assert!(job_control_reported(target.pid));
+    assert_state_is(target.pid, None, &running_untraced(&stable), "after SIGTERM");
 }

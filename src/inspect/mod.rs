@@ -302,6 +302,8 @@ pub fn analyse<S: ByteSource>(
         tool_version: note_str(&["tool", "version"]),
         time_utc: note_str(&["capture", "time_utc"]),
         mode: note_str(&["capture", "mode"]),
+        freeze: note_str(&["capture", "freeze"]),
+        registers: note_str(&["capture", "registers"]),
         filter: note_str(&["capture", "filter"]),
         all: coresnap_note
             .as_ref()

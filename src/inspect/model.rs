@@ -107,6 +107,10 @@ pub struct Capture {
     pub tool_version: Option<String>,
     pub time_utc: Option<String>,
     pub mode: Option<String>,
+    /// How the target was held (`ptrace`, or `sigstop`... with --no-ptrace).
+    pub freeze: Option<String>,
+    /// `partial` when the registers came from /proc without ptrace.
+    pub registers: Option<String>,
     pub filter: Option<String>,
     pub all: Option<bool>,
     pub state_before: Option<String>,

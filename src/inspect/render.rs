@@ -144,6 +144,13 @@ pub fn text(r: &Report) -> String {
             if let Some(m) = &c.mode {
                 let _ = write!(line, ", mode {m}");
             }
+            if c.registers.as_deref() == Some("partial") {
+                let _ = write!(
+                    line,
+                    ", without ptrace (held by {}): registers partial, only sp, pc and system call arguments",
+                    c.freeze.as_deref().unwrap_or("?")
+                );
+            }
             if let Some(f) = &c.filter {
                 let _ = write!(line, ", filter {f}");
             }

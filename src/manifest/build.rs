@@ -22,6 +22,10 @@ pub struct Context<'a> {
     pub left_stopped: bool,
     /// (tid, signal) the dump was taken on, if a signal triggered it.
     pub trigger: Option<(i32, i32)>,
+    /// How the target was held (`ptrace`, `sigstop`...).
+    pub freeze: &'a str,
+    /// Registers only from `/proc` (`--no-ptrace`).
+    pub registers_partial: bool,
 }
 
 /// The target's pid and mount namespaces, when either differs from ours.
@@ -131,6 +135,13 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
                     .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string()),
             }),
             pause_us: None,
+            freeze: context.freeze.into(),
+            registers: if context.registers_partial {
+                "partial"
+            } else {
+                "complete"
+            }
+            .into(),
         },
         mappings: snapshot
             .regions

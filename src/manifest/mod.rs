@@ -129,6 +129,22 @@ pub struct Capture {
     /// How long the target was frozen, in microseconds. JSON only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_us: Option<u64>,
+    /// How the target was held still: `ptrace`, or with `--no-ptrace`
+    /// `cgroup-freezer`, `sigstop`, `already-stopped` or `none`.
+    #[serde(default = "default_freeze")]
+    pub freeze: String,
+    /// `complete`, or `partial` when they came from `/proc` without ptrace
+    /// (stack pointer, program counter, system call arguments only).
+    #[serde(default = "default_registers")]
+    pub registers: String,
+}
+
+fn default_freeze() -> String {
+    "ptrace".into()
+}
+
+fn default_registers() -> String {
+    "complete".into()
 }
 
 /// A signal that was about to be delivered when the target was frozen.
@@ -426,6 +442,8 @@ mod tests {
                 left_stopped: false,
                 trigger: None,
                 pause_us: None,
+                freeze: "ptrace".into(),
+                registers: "complete".into(),
             },
             mappings: vec![
                 MappingEntry {

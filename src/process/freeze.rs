@@ -3,6 +3,7 @@
 
 use crate::cancel::CancelToken;
 use crate::process::info;
+use crate::process::permission::PtraceFacts;
 use crate::sys::ptrace::{self, StopEvent};
 use nix::errno::Errno;
 use std::collections::BTreeSet;
@@ -39,7 +40,7 @@ pub enum FreezeError {
         tracer_pid: i32,
         tracer_comm: String,
     },
-    #[error("permission denied attaching to thread {tid} of process {pid}: {why}")]
+    #[error("permission denied to thread {tid} of process {pid}: {why}")]
     PermissionDenied { pid: i32, tid: i32, why: String },
     #[error("process {pid} exited while coresnap was attaching to it")]
     ProcessExited { pid: i32 },
@@ -339,7 +340,7 @@ impl Drop for FrozenProcess {
 
 /// What can be told before attaching: the pid names a live user process
 /// other than coresnap.
-fn check_target(pid: i32) -> Result<(), FreezeError> {
+pub(crate) fn check_target(pid: i32) -> Result<(), FreezeError> {
     let me = std::process::id() as i32;
     if pid == me {
         return Err(FreezeError::SelfTarget { pid });
@@ -381,7 +382,17 @@ fn thread_is_exiting(pid: i32, tid: i32) -> bool {
     matches!(info::thread_state(pid, tid), None | Some('Z' | 'X' | 'x'))
 }
 
-fn permission_error(pid: i32, tid: i32) -> FreezeError {
+/// Why the kernel said EPERM, from what /proc shows now.
+pub(crate) fn explain_permission_denied(pid: i32) -> String {
+    PtraceFacts::read(pid).map_or_else(
+        || "the process may have exited meanwhile".to_string(),
+        |facts| facts.explain(),
+    )
+}
+
+/// The error for EPERM from PTRACE_SEIZE of `tid`: another tracer, named,
+/// or the reasons the kernel refuses.
+pub(crate) fn permission_error(pid: i32, tid: i32) -> FreezeError {
     if let Some(tracer) = info::tracer_of(pid, tid).filter(|&t| t != 0) {
         let tracer_comm = info::comm(tracer).unwrap_or_else(|| "an unknown process".into());
         return FreezeError::AlreadyTraced {
@@ -394,7 +405,7 @@ fn permission_error(pid: i32, tid: i32) -> FreezeError {
     FreezeError::PermissionDenied {
         pid,
         tid,
-        why: info::explain_permission_denied(pid),
+        why: explain_permission_denied(pid),
     }
 }
 

@@ -103,40 +103,51 @@ pub fn comm(pid: i32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
-/// Why PTRACE_SEIZE said EPERM, in words a user can act on.
-pub fn explain_permission_denied(pid: i32) -> String {
-    let mut reasons = Vec::new();
-    if let Ok(scope) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
-        let scope = scope.trim();
-        let meaning = match scope {
-            "1" => Some(
-                "only a parent may trace its descendants; run coresnap as root or with CAP_SYS_PTRACE, or set it to 0",
-            ),
-            "2" => Some("only processes with CAP_SYS_PTRACE may trace; run coresnap as root"),
-            "3" => Some("ptrace is disabled until reboot"),
-            _ => None,
-        };
-        if let Some(meaning) = meaning {
-            reasons.push(format!("kernel.yama.ptrace_scope is {scope}: {meaning}"));
-        }
+/// What `/proc/PID/task/TID/syscall` shows of a thread: for one that is
+/// not running, its stack pointer and program counter, and if it is inside
+/// a system call, the call's number and arguments. It is all that can be
+/// known of a thread's registers without ptrace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallState {
+    Running,
+    Blocked {
+        /// Number and the six argument registers, if in a system call.
+        syscall: Option<(u64, [u64; 6])>,
+        sp: u64,
+        pc: u64,
+    },
+}
+
+pub fn thread_syscall(pid: i32, tid: i32) -> Option<SyscallState> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    parse_syscall_file(&text)
+}
+
+/// `running`, `-1 SP PC`, or `NR ARG1 .. ARG6 SP PC` (numbers in hex but
+/// the first), as `proc_pid_syscall` prints them.
+fn parse_syscall_file(text: &str) -> Option<SyscallState> {
+    let text = text.trim();
+    if text == "running" {
+        return Some(SyscallState::Running);
     }
-    if let Ok(status) = Process::new(pid).and_then(|p| p.status()) {
-        let me = nix::unistd::Uid::effective().as_raw();
-        if me != 0 && status.ruid != me {
-            reasons.push(format!("the process belongs to uid {} and coresnap runs as uid {me}; run it as that user or as root", status.ruid));
-        }
+    let mut fields = text.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let hex: Vec<u64> = fields
+        .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .collect::<Option<_>>()?;
+    match (nr, hex.as_slice()) {
+        (-1, &[sp, pc]) => Some(SyscallState::Blocked {
+            syscall: None,
+            sp,
+            pc,
+        }),
+        (0.., &[a, b, c, d, e, f, sp, pc]) => Some(SyscallState::Blocked {
+            syscall: Some((nr as u64, [a, b, c, d, e, f])),
+            sp,
+            pc,
+        }),
+        _ => None,
     }
-    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        && text
-            .lines()
-            .any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1'))
-    {
-        reasons.push("the process runs with no_new_privs".to_string());
-    }
-    if reasons.is_empty() {
-        reasons.push("the kernel refused PTRACE_SEIZE (missing CAP_SYS_PTRACE, a non-dumpable target, or a security module); run coresnap as root".into());
-    }
-    reasons.join("; ")
 }
 
 /// Process-wide identity and state, for NT_PRPSINFO and the prstatus ids.
@@ -286,5 +297,63 @@ mod tests {
             unsafe { libc::munmap(addr, 4096) };
             assert_eq!(got.as_deref(), Some(path.as_os_str().as_bytes()));
         }
+    }
+
+    #[test]
+    fn parses_the_three_shapes_of_the_syscall_file() {
+        assert_eq!(
+            parse_syscall_file("running\n"),
+            Some(SyscallState::Running)
+        );
+        assert_eq!(
+            parse_syscall_file("-1 0x7ffc0de0 0x401136\n"),
+            Some(SyscallState::Blocked {
+                syscall: None,
+                sp: 0x7ffc0de0,
+                pc: 0x401136
+            })
+        );
+        assert_eq!(
+            parse_syscall_file("230 0x0 0x0 0x7ffd1000 0x0 0x0 0x8 0x7ffd0ff8 0x7f00aa01\n"),
+            Some(SyscallState::Blocked {
+                syscall: Some((230, [0, 0, 0x7ffd1000, 0, 0, 8])),
+                sp: 0x7ffd0ff8,
+                pc: 0x7f00aa01
+            })
+        );
+        assert_eq!(parse_syscall_file("7 0x1"), None);
+    }
+
+    /// A thread of this test blocked reading a pipe shows read(2) with the
+    /// pipe's descriptor and buffer as its first arguments.
+    #[test]
+    fn a_blocked_thread_shows_its_system_call() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let (mut reader, mut writer) = std::io::pipe().unwrap();
+        let fd = reader.as_raw_fd() as u64;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let blocked = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let mut byte = [0u8; 1];
+            reader.read_exact(&mut byte).unwrap();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let me = std::process::id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let state = loop {
+            match thread_syscall(me, tid) {
+                Some(SyscallState::Blocked {
+                    syscall: Some((nr, args)),
+                    ..
+                }) if nr == libc::SYS_read as u64 => break args,
+                _ if std::time::Instant::now() > deadline => panic!("thread never blocked in read"),
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        assert_eq!(state[0], fd);
+        assert_eq!(state[2], 1, "reads one byte");
+        writer.write_all(b"x").unwrap();
+        blocked.join().unwrap();
     }
 }

@@ -5,3 +5,5 @@ pub mod info;
 pub mod inject;
 pub mod maps;
 pub mod memory;
+pub mod permission;
+pub mod unattached;

@@ -6,6 +6,7 @@ use crate::arch;
 use crate::process::freeze::FrozenProcess;
 use crate::process::info;
 use crate::process::maps::{self, MapsError};
+use crate::process::unattached::UnattachedFreeze;
 use crate::process::memory::MemoryReader;
 use crate::sys::pagemap::PageMap;
 use crate::watch::SignalTrigger;
@@ -46,17 +47,72 @@ pub fn collect_with_signal(
     memory: &MemoryReader,
     signal: Option<&SignalTrigger>,
 ) -> Result<Snapshot, CollectError> {
-    let pid = frozen.pid();
+    let tids: Vec<i32> = frozen.threads().iter().map(|t| t.tid).collect();
+    collect_threads(
+        frozen.pid(),
+        tids,
+        RegisterSource::Ptrace,
+        state_before,
+        policy,
+        memory,
+        signal,
+    )
+}
+
+/// As [`collect`], for a target held without ptrace (`--no-ptrace`): the
+/// registers are only what `/proc` shows (see
+/// [`arch::registers_from_syscall_state`]).
+pub fn collect_unattached(
+    held: &UnattachedFreeze,
+    state_before: u8,
+    policy: SelectionPolicy,
+    memory: &MemoryReader,
+) -> Result<Snapshot, CollectError> {
+    collect_threads(
+        held.pid(),
+        held.tids().to_vec(),
+        RegisterSource::Procfs,
+        state_before,
+        policy,
+        memory,
+        None,
+    )
+}
+
+/// Where the threads' registers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegisterSource {
+    /// `PTRACE_GETREGSET` on threads this thread holds stopped: complete.
+    Ptrace,
+    /// `/proc/PID/task/TID/syscall`: partial.
+    Procfs,
+}
+
+fn collect_threads(
+    pid: i32,
+    mut tids: Vec<i32>,
+    source: RegisterSource,
+    state_before: u8,
+    policy: SelectionPolicy,
+    memory: &MemoryReader,
+    signal: Option<&SignalTrigger>,
+) -> Result<Snapshot, CollectError> {
     let proc_err = |what| move |source| CollectError::Proc { pid, what, source };
     let process = info::process_info(pid, state_before).map_err(proc_err("status"))?;
 
-    let mut tids: Vec<i32> = frozen.threads().iter().map(|t| t.tid).collect();
     let first = signal.map_or(pid, |s| s.tid);
     tids.sort_unstable_by_key(|&tid| (tid != first, tid != pid, tid));
     let mut threads = Vec::with_capacity(tids.len());
     for tid in tids {
-        let registers =
-            arch::capture_registers(tid).map_err(|errno| CollectError::Registers { tid, errno })?;
+        let registers = match source {
+            RegisterSource::Ptrace => arch::capture_registers(tid)
+                .map_err(|errno| CollectError::Registers { tid, errno })?,
+            // A thread that exited since the listing, or runs (--no-freeze),
+            // shows nothing: its registers stay unknown.
+            RegisterSource::Procfs => arch::registers_from_syscall_state(
+                &info::thread_syscall(pid, tid).unwrap_or(info::SyscallState::Running),
+            ),
+        };
         // A thread can exit between the listing and this read only if it
         // was never stopped, which the freeze rules out; still, missing
         // /proc facts only cost timing fields, not the thread.

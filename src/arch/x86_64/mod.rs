@@ -4,6 +4,7 @@
 pub mod xstate;
 
 use crate::elf::notes::{NAME_CORE, NAME_LINUX, NT_PRFPREG, Note};
+use crate::process::info::SyscallState;
 use crate::sys::ptrace;
 use nix::errno::Errno;
 use std::sync::OnceLock;
@@ -23,10 +24,18 @@ pub mod reg {
     pub const R15: usize = 0;
     pub const R12: usize = 3;
     pub const RBP: usize = 4;
+    pub const R10: usize = 7;
+    pub const R9: usize = 8;
+    pub const R8: usize = 9;
     pub const RAX: usize = 10;
+    pub const RDX: usize = 12;
+    pub const RSI: usize = 13;
+    pub const RDI: usize = 14;
     pub const ORIG_RAX: usize = 15;
     pub const RIP: usize = 16;
+    pub const CS: usize = 17;
     pub const RSP: usize = 19;
+    pub const SS: usize = 20;
     pub const FS_BASE: usize = 21;
 }
 
@@ -35,7 +44,7 @@ pub mod reg {
 pub struct ThreadRegisters {
     /// `user_regs_struct`, in its order (r15 first, gs last).
     pub general: [u64; GENERAL_REGISTER_COUNT],
-    /// FXSAVE area: x87, MXCSR, xmm0-15.
+    /// FXSAVE area: x87, MXCSR, xmm0-15 (empty when unknown).
     pub fpregs: Vec<u8>,
     /// XSAVE area as the kernel returned it (the CPU's standard layout), if
     /// the CPU has XSAVE.
@@ -84,6 +93,38 @@ pub fn capture_registers(tid: i32) -> Result<ThreadRegisters, Errno> {
     })
 }
 
+/// The registers that `/proc/PID/task/TID/syscall` reveals without ptrace:
+/// rsp and rip, and for a thread in a system call orig_rax and the argument
+/// registers (rdi, rsi, rdx, r10, r8, r9), which the kernel reads from the
+/// thread's saved user registers. Everything else is unknown and left 0;
+/// the FXSAVE and XSAVE areas are absent, so debuggers show the vector and
+/// x87 registers as unavailable rather than as zeros. cs and ss are the
+/// fixed selectors of 64-bit user mode.
+pub fn registers_from_syscall_state(state: &SyscallState) -> ThreadRegisters {
+    let mut general = [0u64; GENERAL_REGISTER_COUNT];
+    if let SyscallState::Blocked { syscall, sp, pc } = *state {
+        general[reg::RSP] = sp;
+        general[reg::RIP] = pc;
+        general[reg::CS] = 0x33;
+        general[reg::SS] = 0x2b;
+        general[reg::ORIG_RAX] = u64::MAX;
+        if let Some((nr, args)) = syscall {
+            general[reg::ORIG_RAX] = nr;
+            for (index, value) in [reg::RDI, reg::RSI, reg::RDX, reg::R10, reg::R8, reg::R9]
+                .into_iter()
+                .zip(args)
+            {
+                general[index] = value;
+            }
+        }
+    }
+    ThreadRegisters {
+        general,
+        fpregs: Vec::new(),
+        xstate: None,
+    }
+}
+
 /// `pr_reg` of NT_PRSTATUS: `user_regs_struct` as little-endian bytes.
 pub fn prstatus_registers(regs: &ThreadRegisters) -> Vec<u8> {
     regs.general.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -96,7 +137,11 @@ fn native_layout() -> &'static xstate::XsaveLayout {
 
 /// The register-set notes that follow a thread's NT_PRSTATUS.
 pub fn register_notes(regs: &ThreadRegisters) -> Vec<Note> {
-    let mut notes = vec![Note::new(NAME_CORE, NT_PRFPREG, regs.fpregs.clone())];
+    let mut notes = Vec::new();
+    // Empty when the registers came from /proc without ptrace.
+    if !regs.fpregs.is_empty() {
+        notes.push(Note::new(NAME_CORE, NT_PRFPREG, regs.fpregs.clone()));
+    }
     if let Some(area) = &regs.xstate {
         // gdb 13 reads XSAVE components at fixed (Intel) offsets and checks
         // the note's size against them, so the CPU's own layout is

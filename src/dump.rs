@@ -620,7 +620,9 @@ fn dump_with(
     let started = Instant::now();
     if let Attach::Unattached { .. } = options.attach {
         if options.on_signal.is_some() {
-            return Err(DumpError::NeedsPtrace { what: "--on-signal" });
+            return Err(DumpError::NeedsPtrace {
+                what: "--on-signal",
+            });
         }
         if let DumpMode::Cow { .. } = options.mode {
             return Err(DumpError::NeedsPtrace { what: "--mode cow" });
@@ -653,9 +655,7 @@ fn dump_with(
         ),
         (Some(signals), Attach::Ptrace) => {
             match watch::wait_for_signal(pid, signals, &options.cancel)? {
-                WatchOutcome::Signal(frozen, trigger) => {
-                    (Hold::Attached(*frozen), Some(trigger))
-                }
+                WatchOutcome::Signal(frozen, trigger) => (Hold::Attached(*frozen), Some(trigger)),
                 WatchOutcome::Exited => return Err(DumpError::ExitedWithoutSignal { pid }),
             }
         }
@@ -677,9 +677,7 @@ fn dump_with(
         Hold::Attached(frozen) => {
             collect::collect_with_signal(frozen, state_before, policy, &memory, trigger.as_ref())?
         }
-        Hold::Unattached(held) => {
-            collect::collect_unattached(held, state_before, policy, &memory)?
-        }
+        Hold::Unattached(held) => collect::collect_unattached(held, state_before, policy, &memory)?,
     };
     let registers_partial = matches!(hold, Hold::Unattached(_));
     let freeze_method = hold.method();
@@ -712,10 +710,7 @@ fn dump_with(
     // With a clone holding the memory, the target goes free now: building
     // the manifest (build-ids are read from disk) need not pause it.
     let mut held = Some(hold);
-    let released_early = cow
-        .as_ref()
-        .and_then(|_| held.take())
-        .map(Hold::release);
+    let released_early = cow.as_ref().and_then(|_| held.take()).map(Hold::release);
     // The page map is read from whichever process the memory comes from.
     // Regions copied under the freeze (MADV_DONTFORK ones are not even in
     // the clone) are read in full from that copy.

@@ -41,6 +41,6 @@ pub mod watch;
 
 pub use cancel::CancelToken;
 pub use dump::{
-    Attach,
-    DumpError, DumpMode, DumpOptions, DumpReport, dump_into_sink, dump_to_path, dump_to_writer,
+    Attach, DumpError, DumpMode, DumpOptions, DumpReport, dump_into_sink, dump_to_path,
+    dump_to_writer,
 };

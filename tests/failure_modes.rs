@@ -649,32 +649,32 @@ fn gdb_batch(exe: &Path, core: &Path, commands: &[&str]) -> String {
     for command in commands {
         cmd.args(["-ex", command]);
     }
+    cmd.arg(exe).arg(core);
+    output_of(cmd, &format!("gdb on {}", core.display()))
+}
+
+/// The standard output of `cmd`, which must succeed within 90 s.
+fn output_of(mut cmd: Command, what: &str) -> String {
     let child = cmd
-        .arg(exe)
-        .arg(core)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .expect("run gdb");
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut guard = Guard::new(child, true);
     let out = spawn_reader(guard.child.stdout.take().unwrap());
     let err = spawn_reader(guard.child.stderr.take().unwrap());
     let status = guard
         .wait_timeout(Duration::from_secs(90))
-        .expect("gdb timed out");
+        .unwrap_or_else(|| panic!("{what}: timed out"));
     let out =
         String::from_utf8_lossy(&out.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
             .into_owned();
     let err =
         String::from_utf8_lossy(&err.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
             .into_owned();
-    assert!(
-        status.success(),
-        "gdb failed on {}:\n{out}\n{err}",
-        core.display()
-    );
+    assert!(status.success(), "{what} failed:\n{out}\n{err}");
     out
 }
 
@@ -1906,7 +1906,11 @@ fn permission_denied_for_a_process_that_is_not_dumpable() {
         assert_refused(
             &run,
             dir.path(),
-            &["the process is not dumpable", "PR_SET_DUMPABLE", "run coresnap as root"],
+            &[
+                "the process is not dumpable",
+                "PR_SET_DUMPABLE",
+                "run coresnap as root",
+            ],
         );
         assert_state_is(
             target.pid,
@@ -1920,7 +1924,12 @@ fn permission_denied_for_a_process_that_is_not_dumpable() {
     assert_eq!(run.code(), Some(0), "{run:?}");
     assert_eq!(Core::read(&core).thread_ids().len(), stable.len());
     target.assert_alive();
-    assert_state_is(target.pid, None, &running_untraced(&stable), "after root's dump");
+    assert_state_is(
+        target.pid,
+        None,
+        &running_untraced(&stable),
+        "after root's dump",
+    );
 }
 
 #[test]
@@ -2015,6 +2024,13 @@ fn check_unattached_core(target: &Target, core: &Path, stable: &BTreeSet<i32>) {
         out.contains(":\t0xb5b5000000000005"),
         "memory pattern missing:\n{out}"
     );
+    // elfutils reads it too: every thread, each in pause().
+    let mut cmd = Command::new("eu-stack");
+    cmd.arg("--core").arg(core).arg("-e").arg(&exe);
+    let out = output_of(cmd, "eu-stack");
+    let threads: Vec<&str> = out.split("TID ").skip(1).collect();
+    assert_eq!(threads.len(), stable.len(), "{out}");
+    assert!(threads.iter().all(|t| t.contains("pause")), "{out}");
 }
 
 #[test]
@@ -2082,7 +2098,12 @@ fn no_ptrace_undoes_its_sigstop_and_keeps_a_stop_it_found() {
         job_control_reported(target.pid),
         "the target was never stopped and continued"
     );
-    assert_state_is(target.pid, None, &running_untraced(&stable), "after SIGCONT");
+    assert_state_is(
+        target.pid,
+        None,
+        &running_untraced(&stable),
+        "after SIGCONT",
+    );
     clear_dir(dir.path());
 
     stop(target.pid, &stable);
@@ -2161,7 +2182,10 @@ impl Cgroup {
         match fs::write(self.dir.join("cgroup.procs"), pid.to_string()) {
             Ok(()) => true,
             Err(e) => {
-                eprintln!("skipped: cannot move {pid} into {}: {e}", self.dir.display());
+                eprintln!(
+                    "skipped: cannot move {pid} into {}: {e}",
+                    self.dir.display()
+                );
                 false
             }
         }
@@ -2179,7 +2203,9 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         // The processes in it are killed first; rmdir works once they are
         // reaped.
-        if !wait_until(Duration::from_secs(10), || fs::remove_dir(&self.dir).is_ok()) {
+        if !wait_until(Duration::from_secs(10), || {
+            fs::remove_dir(&self.dir).is_ok()
+        }) {
             eprintln!("warning: could not remove {}", self.dir.display());
         }
     }
@@ -2241,5 +2267,10 @@ fn no_ptrace_sigterm_mid_dump_continues_the_target_and_removes_the_file() {
     assert_dir_empty(dir.path(), &run);
     target.assert_alive();
     assert!(job_control_reported(target.pid));
-    assert_state_is(target.pid, None, &running_untraced(&stable), "after SIGTERM");
+    assert_state_is(
+        target.pid,
+        None,
+        &running_untraced(&stable),
+        "after SIGTERM",
+    );
 }

@@ -301,10 +301,7 @@ mod tests {
 
     #[test]
     fn parses_the_three_shapes_of_the_syscall_file() {
-        assert_eq!(
-            parse_syscall_file("running\n"),
-            Some(SyscallState::Running)
-        );
+        assert_eq!(parse_syscall_file("running\n"), Some(SyscallState::Running));
         assert_eq!(
             parse_syscall_file("-1 0x7ffc0de0 0x401136\n"),
             Some(SyscallState::Blocked {

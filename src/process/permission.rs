@@ -248,7 +248,11 @@ mod tests {
             target_uids: [1000, 1000, 0],
             ..user(1000)
         };
-        assert!(facts.explain().contains("runs as uid 1000 and coresnap as uid 1000"));
+        assert!(
+            facts
+                .explain()
+                .contains("runs as uid 1000 and coresnap as uid 1000")
+        );
     }
 
     #[test]

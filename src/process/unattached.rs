@@ -10,9 +10,9 @@
 
 use crate::cancel::CancelToken;
 use crate::process::freeze::{FreezeError, check_target, explain_permission_denied};
+use crate::process::info;
 use crate::process::memory::{MemoryError, MemoryReader};
 use nix::errno::Errno;
-use crate::process::info;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -281,9 +281,9 @@ fn unescape_mount_field(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        });
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match octal {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -321,10 +321,7 @@ mod tests {
         assert_eq!(
             cgroup2_mounts(mountinfo),
             vec![
-                (
-                    PathBuf::from("/"),
-                    PathBuf::from("/sys/fs/cgroup/unified")
-                ),
+                (PathBuf::from("/"), PathBuf::from("/sys/fs/cgroup/unified")),
                 (PathBuf::from("/jobs"), PathBuf::from("/mnt/my cgroups")),
             ]
         );

@@ -21,6 +21,7 @@ TARGET_TITLE = {
 }
 TOOL_ORDER = [
     "(no dump, 1 s idle)",
+    "(write floor: dd of the touched bytes)",
     "gcore",
     "elfcore",
     "kernel",
@@ -135,7 +136,11 @@ def main():
       "includes the 1 ms tick; the idle row is the noise floor). *Wall* is "
       "from starting the tool to its exit (kernel: from `kill -SEGV` to the "
       "target being reaped). Sizes in MiB: *logical* is the file size, "
-      "*on disk* is `du -B1` (holes not counted).")
+      "*on disk* is `du -B1` (holes not counted). The *write floor* row is "
+      "`dd` writing the target's touched bytes from /dev/zero to the same "
+      "file system: no tool that writes a file can beat it. Unless the "
+      "machine table says warming was off, memory was warmed before each "
+      "dump (see `bench/run.sh --help`).")
     w("")
     if a.machine:
         w("## Machine")

@@ -36,6 +36,14 @@ usage: bench/run.sh [options]
                        the raw measurements go next to it as .tsv)
   --no-build           use the binaries already built
   --keep               keep the scratch dir (logs) afterwards
+  --cold               do not warm memory before each dump (see "Warming" below)
+Warming: many VMs (this one too, see the report's machine table) hand freed
+memory back to the host (virtio-balloon free page reporting); the next use of
+such a page costs a fault in the host, which made the same 2 GiB write vary
+2-10x between rounds for every tool. So right before each dump that writes a
+file, the script writes and deletes a file as large as the target's touched
+memory: every tool then writes into pages the host backs, as on a physical
+machine. --cold measures without it.
 Sizes can be overridden with environment variables (full-size defaults):
   SPARSE_RESERVE=4G SPARSE_STRIDE=4M SPARSE_DENSE=64M DENSE_SIZE=2G
   MAPS_COUNT=30000 MAPS_PAGES=4 SMALL_THREADS=8 SMALL_SIZE=56M PY_SIZE=1G
@@ -53,6 +61,7 @@ OUT=
 BUILD=1
 KEEP=0
 SMOKE=0
+WARM=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -65,6 +74,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --no-build) BUILD=0 ;;
         --keep) KEEP=1 ;;
+        --cold) WARM=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -301,6 +311,16 @@ hb_request() { # PID REPORTFILE SIGNAL -> prints max gap in us, or "n/a"
     return 1
 }
 
+# ---------------------------------------------------------------- warming
+WARM_BYTES=0   # set per target from its READY line
+warm_memory() {
+    [ "$WARM" = 1 ] && [ "$WARM_BYTES" -gt 0 ] || return 0
+    dd if=/dev/zero of="$WORK/warm" bs=1M count=$(( (WARM_BYTES >> 20) + 64 )) status=none
+    # Deleted before writeback: its pages go straight back to the free lists,
+    # where the dump's page cache finds them.
+    rm -f "$WORK/warm"
+}
+
 # ---------------------------------------------------------------- measuring
 # One raw row per measurement:
 # target tool round status wall_s disk_bytes logical_bytes pause_us note
@@ -370,6 +390,7 @@ measure_attach_tool() { # TARGET TOOL ROUND PID REPORTFILE
     file=$prefix.$pid
     [[ $tool == coresnap-z* ]] && { zst=1; file+=.zst; }
     rm -f "$file" "$file.json"
+    warm_memory
     hb_request "$pid" "$rep" USR1 > /dev/null
     timed "$(dump_cmd "$tool" "$pid" "$prefix")"
     pause=$(hb_request "$pid" "$rep" USR2) || kill -CONT "$pid" 2>/dev/null
@@ -436,6 +457,24 @@ measure_stream() { # TARGET ROUND PID REPORTFILE KIND(pipe|devnull)
     log "$target/$tool round $round: $status ${WALL}s size=${logical:-?} pause_us=$pause $note"
 }
 
+# The floor under every tool's wall time: dd writing as many bytes as the
+# target has touched (what any core must hold) from /dev/zero to the same
+# file system, after the same warming.
+measure_floor() { # TARGET ROUND
+    local target=$1 round=$2 file=$WORK/floor.out
+    [ "$WARM_BYTES" -gt 0 ] || return 0
+    rm -f "$file"
+    warm_memory
+    timed "$(printf 'exec dd if=/dev/zero of=%q bs=1M count=%d status=none' "$file" $((WARM_BYTES >> 20)))"
+    local disk=
+    [ -f "$file" ] && disk=$(du -B1 "$file" | cut -f1)
+    rm -f "$file"
+    sync
+    row "$target" "$FLOOR_TOOL" "$round" "$([ "$RC" = 0 ] && echo ok || echo FAIL)" "$WALL" "$disk" "$disk" "" ""
+    log "$target/floor round $round: ${WALL}s disk=${disk:-?}"
+}
+FLOOR_TOOL="(write floor: dd of the touched bytes)"
+
 measure_kernel() { # TARGET ROUND
     local target=$1 round=$2 pid file status note= disk= logical=
     mkdir -p "$WORK/kcore"
@@ -450,6 +489,7 @@ measure_kernel() { # TARGET ROUND
         return
     fi
     local t0 t1
+    warm_memory
     t0=$EPOCHREALTIME
     kill -SEGV "$pid"
     wait "$pid" 2>/dev/null
@@ -487,6 +527,10 @@ machine_info() {
         echo "| Kernel | $(uname -sr) |"
         echo "| Output filesystem | $fs (scratch dir under $WORKPARENT) |"
         echo "| THP | $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null) |"
+        local reported
+        reported=$(cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null)
+        echo "| Free page reporting | ${reported:+active, $((reported >> 20)) GiB handed back to the host since boot}${reported:-not seen} |"
+        echo "| Warming | $([ "$WARM" = 1 ] && echo "on: a file of the target's touched size written and deleted before each dump" || echo "off (--cold)") |"
         echo "| gdb | $(gdb --version 2>/dev/null | head -1) |"
         echo "| coresnap | $("$CORESNAP" --version 2>/dev/null | head -1 || true) at $CORESNAP, repo $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit') |"
         echo "| elfcore crate | $(awk '/^name = "elfcore"$/ { getline; print $3 }' "$BENCH/elfcore-dump/Cargo.lock" 2>/dev/null | tr -d '"') |"
@@ -509,6 +553,8 @@ for target in "${TARGET_LIST[@]}"; do
     pid=$T_PID rep=$T_REP
     DESC[$target]=$T_DESC
     log "$T_DESC"
+    WARM_BYTES=$(grep -o -E '(touched|rss)_bytes=[0-9]+' <<< "$T_DESC" | head -1 | cut -d= -f2)
+    WARM_BYTES=${WARM_BYTES:-0}
     # Noise floor: the longest heartbeat gap over one second without a dump.
     hb_request "$pid" "$rep" USR1 > /dev/null
     sleep 1
@@ -523,6 +569,7 @@ for target in "${TARGET_LIST[@]}"; do
             [ -n "${SKIP[$tool]:-}" ] && continue
             measure_attach_tool "$target" "$tool" "$round" "$pid" "$rep"
         done
+        measure_floor "$target" "$round"
         if [ "$target" = dense ] && [ -z "${SKIP[stream]:-}" ]; then
             measure_stream "$target" "$round" "$pid" "$rep" pipe
             measure_stream "$target" "$round" "$pid" "$rep" devnull

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use coresnap::{Attach, CancelToken, DumpMode, DumpOptions, DumpReport};
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -439,7 +440,15 @@ fn main() -> ExitCode {
             }));
         }
         let result = if cli.output == "-" {
-            coresnap::dump_to_writer(pid, std::io::stdout().lock(), &options)
+            // Standard output itself, not Rust's line-buffered handle,
+            // which would scan every megabyte of the core for newlines.
+            match std::io::stdout().as_fd().try_clone_to_owned() {
+                Ok(fd) => coresnap::dump_to_writer(pid, std::fs::File::from(fd), &options),
+                Err(source) => Err(coresnap::DumpError::OutputIo {
+                    path: PathBuf::from("standard output"),
+                    source,
+                }),
+            }
         } else {
             let suffix = if cli.compress.is_some() { ".zst" } else { "" };
             coresnap::dump_to_path(

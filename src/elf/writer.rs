@@ -190,16 +190,23 @@ pub fn write_planned(
     std::thread::scope(|scope| -> Result<(), WriteError> {
         let (full_tx, full_rx) = mpsc::sync_channel::<Result<Filled, MemoryError>>(BUFFERS);
         let (free_tx, free_rx) = mpsc::channel::<PageBuffer>();
-        for _ in 0..BUFFERS {
-            free_tx
-                .send(PageBuffer::new(CHUNK_LEN / PAGE_SIZE as usize))
-                .expect("receiver alive");
-        }
         let copies = &copies;
         let batches = batches(copies);
         scope.spawn(move || {
+            // Buffers are made only when none is free: touching a fresh
+            // page costs the kernel a clear, and a writer that keeps up
+            // needs only two.
+            let mut made = 0;
             for batch in batches {
-                let Ok(mut buf) = free_rx.recv() else { return };
+                let buf = match free_rx.try_recv() {
+                    Ok(buf) => Ok(buf),
+                    Err(_) if made < BUFFERS => {
+                        made += 1;
+                        Ok(PageBuffer::new(CHUNK_LEN / PAGE_SIZE as usize))
+                    }
+                    Err(_) => free_rx.recv(),
+                };
+                let Ok(mut buf) = buf else { return };
                 buf.set_len(batch.len);
                 zero_gaps(buf.bytes_mut(), &batch.pieces);
                 let mut unreadable = Vec::new();
@@ -241,41 +248,46 @@ struct Filled {
     unreadable: Vec<Unreadable>,
 }
 
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C, align(4096))]
-struct Page([u8; PAGE_SIZE as usize]);
-
 /// A page-aligned byte buffer: whole pages of the target land on whole
 /// pages here, which keeps the zero-page scan and the writes aligned.
 pub struct PageBuffer {
-    pages: Vec<Page>,
+    /// One page more than needed, so that an aligned start can be chosen.
+    storage: Vec<u8>,
+    start: usize,
     len: usize,
 }
 
 impl PageBuffer {
-    /// A zeroed buffer of `pages` pages.
+    /// A zeroed buffer of `pages` pages. A byte vector is allocated zeroed
+    /// (large ones come straight from mmap, already zero and not yet
+    /// faulted in) and aligned by hand: a page-aligned type would make the
+    /// allocator align, then fill every page with zeros, faulting in and
+    /// clearing it twice (a fifth of a small process's dump).
     pub fn new(pages: usize) -> PageBuffer {
+        let page = PAGE_SIZE as usize;
+        let storage = vec![0u8; (pages + 1) * page];
+        let start = storage.as_ptr().align_offset(page);
         PageBuffer {
-            pages: vec![Page([0; PAGE_SIZE as usize]); pages],
-            len: pages * PAGE_SIZE as usize,
+            storage,
+            start,
+            len: pages * page,
         }
     }
 
     /// Sets the length in bytes, growing the buffer if needed.
     pub fn set_len(&mut self, len: usize) {
-        let pages = len.div_ceil(PAGE_SIZE as usize);
-        if pages > self.pages.len() {
-            self.pages.resize(pages, Page([0; PAGE_SIZE as usize]));
+        if self.start + len > self.storage.len() {
+            *self = PageBuffer::new(len.div_ceil(PAGE_SIZE as usize));
         }
         self.len = len;
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.pages)[..self.len]
+        &self.storage[self.start..self.start + self.len]
     }
 
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut(&mut self.pages)[..self.len]
+        &mut self.storage[self.start..self.start + self.len]
     }
 }
 

@@ -529,7 +529,11 @@ machine_info() {
         echo "| THP | $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null) |"
         local reported
         reported=$(cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null)
-        echo "| Free page reporting | ${reported:+active, $((reported >> 20)) GiB handed back to the host since boot}${reported:-not seen} |"
+        if [ -n "$reported" ]; then
+            echo "| Free page reporting | active, $((reported >> 20)) GiB handed back to the host since boot |"
+        else
+            echo "| Free page reporting | not seen (/sys/module/page_reporting/parameters/reported_kib) |"
+        fi
         echo "| Warming | $([ "$WARM" = 1 ] && echo "on: a file of the target's touched size written and deleted before each dump" || echo "off (--cold)") |"
         echo "| gdb | $(gdb --version 2>/dev/null | head -1) |"
         echo "| coresnap | $("$CORESNAP" --version 2>/dev/null | head -1 || true) at $CORESNAP, repo $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit') |"

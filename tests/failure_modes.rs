@@ -2076,6 +2076,55 @@ fn no_ptrace_dumps_a_process_that_strace_traces() {
 }
 
 #[test]
+fn no_ptrace_dumps_a_process_that_gdb_holds_and_leaves_it_to_gdb() {
+    require_root!();
+    let dir = scratch("noptrace-gdb");
+    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let args = ["-nx", "-batch", "-iex", "set debuginfod enabled off", "-p"].map(String::from);
+    let mut args = args.to_vec();
+    args.extend([
+        target.pid.to_string(),
+        "-ex".into(),
+        "shell sleep 120".into(),
+    ]);
+    let Some(gdb) = start_tool("gdb", &args) else {
+        return;
+    };
+    for &tid in &stable {
+        wait_traced(target.pid, tid);
+    }
+    // gdb holds every thread in a ptrace stop while its shell command runs.
+    wait_states(target.pid, &stable, |s| s == 't');
+    let before = state_of(target.pid, None);
+    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
+    let run = coresnap(&[
+        os("--no-ptrace"),
+        os("-o"),
+        prefix,
+        os(target.pid.to_string()),
+    ]);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert_eq!(manifest_capture(&core)["freeze"], "already-stopped");
+    check_unattached_core(&target, &core, &stable);
+    // coresnap inspect says how the core was taken.
+    let mut cmd = Command::new(coresnap_bin());
+    cmd.arg("inspect").arg(&core);
+    let inspect = output_of(cmd, "coresnap inspect");
+    assert!(
+        inspect.contains("without ptrace (held by already-stopped): registers partial"),
+        "{inspect}"
+    );
+    assert!(
+        !job_control_reported(target.pid),
+        "coresnap sent a job-control signal to a process gdb held"
+    );
+    assert_state_is(target.pid, None, &before, "still held by gdb");
+    drop(gdb);
+}
+
+#[test]
 fn no_ptrace_undoes_its_sigstop_and_keeps_a_stop_it_found() {
     require_root!();
     let dir = scratch("noptrace-stop");

@@ -1001,6 +1001,32 @@ fn wait_traced(pid: i32, tid: i32) -> i32 {
     tracer
 }
 
+/// `strace -f -p PID`, once every one of `threads` is traced by it.
+fn traced_by_strace(pid: i32, threads: &BTreeSet<i32>) -> Option<Guard> {
+    let args = ["-f", "-o", "/dev/null", "-p"].map(String::from);
+    let mut args = args.to_vec();
+    args.push(pid.to_string());
+    let strace = start_tool("strace", &args)?;
+    for &tid in threads {
+        wait_traced(pid, tid);
+    }
+    Some(strace)
+}
+
+/// `gdb -p PID` running a long shell command, once it holds every one of
+/// `threads` in a ptrace stop.
+fn held_by_gdb(pid: i32, threads: &BTreeSet<i32>) -> Option<Guard> {
+    let args = ["-nx", "-batch", "-iex", "set debuginfod enabled off", "-p"].map(String::from);
+    let mut args = args.to_vec();
+    args.extend([pid.to_string(), "-ex".into(), "shell sleep 120".into()]);
+    let gdb = start_tool("gdb", &args)?;
+    for &tid in threads {
+        wait_traced(pid, tid);
+    }
+    wait_states(pid, threads, |s| s == 't');
+    Some(gdb)
+}
+
 fn comm_of(pid: i32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
@@ -1015,21 +1041,9 @@ fn process_traced_by_strace_is_refused_naming_the_tracer() {
     let target = Target::start("busy", &["sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let Some(strace) = start_tool(
-        "strace",
-        &[
-            "-f".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-p".into(),
-            target.pid.to_string(),
-        ],
-    ) else {
+    let Some(strace) = traced_by_strace(target.pid, &stable) else {
         return;
     };
-    for &tid in &stable {
-        wait_traced(target.pid, tid);
-    }
     wait_states(target.pid, &stable, |s| s == 'S');
     let before = state_of(target.pid, None);
     let tracer = before[&target.pid].1;
@@ -1062,21 +1076,9 @@ fn process_traced_by_gdb_is_refused_naming_the_tracer() {
     let target = Target::start("busy", &["sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let args = ["-nx", "-batch", "-iex", "set debuginfod enabled off", "-p"].map(String::from);
-    let mut args = args.to_vec();
-    args.extend([
-        target.pid.to_string(),
-        "-ex".into(),
-        "shell sleep 120".into(),
-    ]);
-    let Some(gdb) = start_tool("gdb", &args) else {
+    let Some(gdb) = held_by_gdb(target.pid, &stable) else {
         return;
     };
-    for &tid in &stable {
-        wait_traced(target.pid, tid);
-    }
-    // gdb holds every thread in a ptrace stop while its shell command runs.
-    wait_states(target.pid, &stable, |s| s == 't');
     let before = state_of(target.pid, None);
     let tracer = before[&target.pid].1;
     let (prefix, _) = prefix_and_core(dir.path(), target.pid);
@@ -1685,6 +1687,22 @@ fn stopped_target_stays_stopped_after_disk_full() {
     disk_full(true);
 }
 
+/// Starts dumping `target` (with `extra` options) into `dir`, sends
+/// coresnap SIGTERM once 64 MiB are written, and expects exit 143 and no
+/// file left.
+fn sigterm_mid_dump(target: &Target, dir: &Path, extra: &[&str]) {
+    let (prefix, _) = prefix_and_core(dir, target.pid);
+    let pid = target.pid.to_string();
+    let mut args: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+    args.extend([OsStr::new("-o"), &prefix, OsStr::new(&pid)]);
+    let mut run = Background::start(&args, false);
+    wait_for_partial(dir, 64 << 20, &mut run);
+    signal(run.pid(), libc::SIGTERM);
+    let run = run.finish(Duration::from_secs(10));
+    assert_eq!(run.code(), Some(143), "{run:?}");
+    assert_dir_empty(dir, &run);
+}
+
 #[test]
 fn stopped_target_stays_stopped_after_sigterm_mid_dump() {
     require_root!();
@@ -1694,20 +1712,7 @@ fn stopped_target_stays_stopped_after_sigterm_mid_dump() {
     wait_sleeping(target.pid, &stable);
     stop(target.pid, &stable);
     let before = state_of(target.pid, None);
-    let (prefix, _) = prefix_and_core(dir.path(), target.pid);
-    let mut run = Background::start(
-        &[
-            OsStr::new("-o"),
-            &prefix,
-            OsStr::new(&target.pid.to_string()),
-        ],
-        false,
-    );
-    wait_for_partial(dir.path(), 64 << 20, &mut run);
-    signal(run.pid(), libc::SIGTERM);
-    let run = run.finish(Duration::from_secs(10));
-    assert_eq!(run.code(), Some(143), "{run:?}");
-    assert_dir_empty(dir.path(), &run);
+    sigterm_mid_dump(&target, dir.path(), &[]);
     target.assert_alive();
     assert_state_is(target.pid, None, &before, "stopped target after SIGTERM");
 }
@@ -1855,6 +1860,26 @@ fn scratch_for_anyone(label: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Runs coresnap through `wrapper` on `target` (sleeping threads), with and
+/// without `--no-ptrace`, and expects each run refused with `expect` and the
+/// target left running and untraced.
+fn assert_refused_via(wrapper: &[&str], target: &Target, dir: &Path, expect: &[&str]) {
+    let stable = target.stable_tids();
+    let (prefix, _) = prefix_and_core(dir, target.pid);
+    for extra in [None, Some("--no-ptrace")] {
+        let mut args = vec![os("-o"), prefix.clone(), os(target.pid.to_string())];
+        args.extend(extra.map(os));
+        let run = coresnap_via(wrapper, &args);
+        assert_refused(&run, dir, expect);
+        assert_state_is(
+            target.pid,
+            None,
+            &running_untraced(&stable),
+            &format!("{extra:?}"),
+        );
+    }
+}
+
 #[test]
 fn permission_denied_for_another_users_process() {
     require_root!();
@@ -1865,27 +1890,16 @@ fn permission_denied_for_another_users_process() {
     let target = Target::start("busy", &["sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let (prefix, _) = prefix_and_core(dir.path(), target.pid);
-    for extra in [None, Some("--no-ptrace")] {
-        let mut args = vec![os("-o"), prefix.clone(), os(target.pid.to_string())];
-        args.extend(extra.map(os));
-        let run = coresnap_via(&AS_NOBODY, &args);
-        assert_refused(
-            &run,
-            dir.path(),
-            &[
-                &format!("permission denied to thread {0} of process {0}", target.pid),
-                "the process runs as uid 0 and coresnap as uid 65534",
-                "run coresnap as uid 0 or as root",
-            ],
-        );
-        assert_state_is(
-            target.pid,
-            None,
-            &running_untraced(&stable),
-            &format!("{extra:?}"),
-        );
-    }
+    assert_refused_via(
+        &AS_NOBODY,
+        &target,
+        dir.path(),
+        &[
+            &format!("permission denied to thread {0} of process {0}", target.pid),
+            "the process runs as uid 0 and coresnap as uid 65534",
+            "run coresnap as uid 0 or as root",
+        ],
+    );
 }
 
 #[test]
@@ -1898,28 +1912,18 @@ fn permission_denied_for_a_process_that_is_not_dumpable() {
     let mut target = Target::start_via(&AS_NOBODY, "busy", &["sleep=1", "nodump=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
-    for extra in [None, Some("--no-ptrace")] {
-        let mut args = vec![os("-o"), prefix.clone(), os(target.pid.to_string())];
-        args.extend(extra.map(os));
-        let run = coresnap_via(&AS_NOBODY, &args);
-        assert_refused(
-            &run,
-            dir.path(),
-            &[
-                "the process is not dumpable",
-                "PR_SET_DUMPABLE",
-                "run coresnap as root",
-            ],
-        );
-        assert_state_is(
-            target.pid,
-            None,
-            &running_untraced(&stable),
-            &format!("{extra:?}"),
-        );
-    }
+    assert_refused_via(
+        &AS_NOBODY,
+        &target,
+        dir.path(),
+        &[
+            "the process is not dumpable",
+            "PR_SET_DUMPABLE",
+            "run coresnap as root",
+        ],
+    );
     // The advice holds: root dumps it.
+    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
     let run = coresnap(&[os("-o"), prefix, os(target.pid.to_string())]);
     assert_eq!(run.code(), Some(0), "{run:?}");
     assert_eq!(Core::read(&core).thread_ids().len(), stable.len());
@@ -1942,20 +1946,15 @@ fn permission_denied_without_cap_sys_ptrace() {
     let target = Target::start("busy", &["sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let (prefix, _) = prefix_and_core(dir.path(), target.pid);
-    let run = coresnap_via(
+    assert_refused_via(
         &WITHOUT_CAP_SYS_PTRACE,
-        &[os("-o"), prefix, os(target.pid.to_string())],
-    );
-    assert_refused(
-        &run,
+        &target,
         dir.path(),
         &[
             "holds capabilities that coresnap lacks (CAP_SYS_PTRACE)",
             "run it as root with CAP_SYS_PTRACE",
         ],
     );
-    assert_state_is(target.pid, None, &running_untraced(&stable), "after");
 }
 
 // ---------------------------------------------------------------------------
@@ -2033,6 +2032,25 @@ fn check_unattached_core(target: &Target, core: &Path, stable: &BTreeSet<i32>) {
     assert!(threads.iter().all(|t| t.contains("pause")), "{out}");
 }
 
+/// Dumps `target` (`busy sleep=N mem=M`) with `--no-ptrace` and `extra`
+/// options into `dir`, expects success, the summary and manifest to name
+/// `held_by`, the registers to be marked partial, and the core to pass
+/// [`check_unattached_core`]; the core's path.
+fn dump_unattached(target: &Target, dir: &Path, extra: &[&str], held_by: &str) -> PathBuf {
+    let (prefix, core) = prefix_and_core(dir, target.pid);
+    let mut args = vec![os("--no-ptrace")];
+    args.extend(extra.iter().map(os));
+    args.extend([os("-o"), prefix, os(target.pid.to_string())]);
+    let run = coresnap(&args);
+    assert_eq!(run.code(), Some(0), "{run:?}");
+    assert!(run.stderr.contains("the registers are partial"), "{run:?}");
+    let capture = manifest_capture(&core);
+    assert_eq!(capture["registers"], "partial", "{capture}");
+    assert_eq!(capture["freeze"], held_by, "{capture}");
+    check_unattached_core(target, &core, &target.stable_tids());
+    core
+}
+
 #[test]
 fn no_ptrace_dumps_a_process_that_strace_traces() {
     require_root!();
@@ -2040,36 +2058,12 @@ fn no_ptrace_dumps_a_process_that_strace_traces() {
     let target = Target::start("busy", &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let Some(strace) = start_tool(
-        "strace",
-        &[
-            "-f".into(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-p".into(),
-            target.pid.to_string(),
-        ],
-    ) else {
+    let Some(strace) = traced_by_strace(target.pid, &stable) else {
         return;
     };
-    for &tid in &stable {
-        wait_traced(target.pid, tid);
-    }
     wait_sleeping(target.pid, &stable);
     let before = state_of(target.pid, None);
-    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
-    let run = coresnap(&[
-        os("--no-ptrace"),
-        os("-o"),
-        prefix,
-        os(target.pid.to_string()),
-    ]);
-    assert_eq!(run.code(), Some(0), "{run:?}");
-    assert!(run.stderr.contains("the registers are partial"), "{run:?}");
-    let capture = manifest_capture(&core);
-    assert_eq!(capture["registers"], "partial");
-    assert_eq!(capture["freeze"], "sigstop", "{capture}");
-    check_unattached_core(&target, &core, &stable);
+    dump_unattached(&target, dir.path(), &[], "sigstop");
     // Still traced by strace, and running: the SIGSTOP was undone.
     assert_state_is(target.pid, None, &before, "after the dump");
     drop(strace);
@@ -2082,32 +2076,11 @@ fn no_ptrace_dumps_a_process_that_gdb_holds_and_leaves_it_to_gdb() {
     let target = Target::start("busy", &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let args = ["-nx", "-batch", "-iex", "set debuginfod enabled off", "-p"].map(String::from);
-    let mut args = args.to_vec();
-    args.extend([
-        target.pid.to_string(),
-        "-ex".into(),
-        "shell sleep 120".into(),
-    ]);
-    let Some(gdb) = start_tool("gdb", &args) else {
+    let Some(gdb) = held_by_gdb(target.pid, &stable) else {
         return;
     };
-    for &tid in &stable {
-        wait_traced(target.pid, tid);
-    }
-    // gdb holds every thread in a ptrace stop while its shell command runs.
-    wait_states(target.pid, &stable, |s| s == 't');
     let before = state_of(target.pid, None);
-    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
-    let run = coresnap(&[
-        os("--no-ptrace"),
-        os("-o"),
-        prefix,
-        os(target.pid.to_string()),
-    ]);
-    assert_eq!(run.code(), Some(0), "{run:?}");
-    assert_eq!(manifest_capture(&core)["freeze"], "already-stopped");
-    check_unattached_core(&target, &core, &stable);
+    let core = dump_unattached(&target, dir.path(), &[], "already-stopped");
     // coresnap inspect says how the core was taken.
     let mut cmd = Command::new(coresnap_bin());
     cmd.arg("inspect").arg(&core);
@@ -2131,18 +2104,7 @@ fn no_ptrace_undoes_its_sigstop_and_keeps_a_stop_it_found() {
     let target = Target::start("busy", &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
-    let args = [
-        os("--no-ptrace"),
-        os("-o"),
-        prefix,
-        os(target.pid.to_string()),
-    ];
-    let run = coresnap(&args);
-    assert_eq!(run.code(), Some(0), "{run:?}");
-    assert!(run.stderr.contains("held by: sigstop"), "{run:?}");
-    assert_eq!(manifest_capture(&core)["freeze"], "sigstop");
-    check_unattached_core(&target, &core, &stable);
+    dump_unattached(&target, dir.path(), &[], "sigstop");
     assert!(
         job_control_reported(target.pid),
         "the target was never stopped and continued"
@@ -2157,10 +2119,7 @@ fn no_ptrace_undoes_its_sigstop_and_keeps_a_stop_it_found() {
 
     stop(target.pid, &stable);
     assert!(job_control_reported(target.pid));
-    let run = coresnap(&args);
-    assert_eq!(run.code(), Some(0), "{run:?}");
-    assert_eq!(manifest_capture(&core)["freeze"], "already-stopped");
-    check_unattached_core(&target, &core, &stable);
+    dump_unattached(&target, dir.path(), &[], "already-stopped");
     assert!(
         !job_control_reported(target.pid),
         "coresnap continued a stop it did not cause"
@@ -2176,19 +2135,8 @@ fn no_ptrace_without_freezing() {
     let target = Target::start("busy", &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
-    let run = coresnap(&[
-        os("--no-ptrace"),
-        os("--no-freeze"),
-        os("-o"),
-        prefix,
-        os(target.pid.to_string()),
-    ]);
-    assert_eq!(run.code(), Some(0), "{run:?}");
-    assert!(run.stderr.contains("not frozen"), "{run:?}");
-    assert_eq!(manifest_capture(&core)["freeze"], "none");
     // Sleeping threads are not running: /proc still shows where they are.
-    check_unattached_core(&target, &core, &stable);
+    dump_unattached(&target, dir.path(), &["--no-freeze"], "none");
     assert!(!job_control_reported(target.pid), "the target was stopped");
     assert_state_is(target.pid, None, &running_untraced(&stable), "after");
 }
@@ -2273,17 +2221,7 @@ fn no_ptrace_freezes_the_targets_own_cgroup() {
     }
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
-    let run = coresnap(&[
-        os("--no-ptrace"),
-        os("-o"),
-        prefix,
-        os(target.pid.to_string()),
-    ]);
-    assert_eq!(run.code(), Some(0), "{run:?}");
-    assert!(run.stderr.contains("held by: cgroup-freezer"), "{run:?}");
-    assert_eq!(manifest_capture(&core)["freeze"], "cgroup-freezer");
-    check_unattached_core(&target, &core, &stable);
+    dump_unattached(&target, dir.path(), &[], "cgroup-freezer");
     assert!(!cgroup.frozen(), "the cgroup was left frozen");
     assert!(
         !job_control_reported(target.pid),
@@ -2299,21 +2237,7 @@ fn no_ptrace_sigterm_mid_dump_continues_the_target_and_removes_the_file() {
     let mut target = Target::start("busy", &["mem=1024", "sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
-    let (prefix, _) = prefix_and_core(dir.path(), target.pid);
-    let mut run = Background::start(
-        &[
-            OsStr::new("--no-ptrace"),
-            OsStr::new("-o"),
-            &prefix,
-            OsStr::new(&target.pid.to_string()),
-        ],
-        false,
-    );
-    wait_for_partial(dir.path(), 64 << 20, &mut run);
-    signal(run.pid(), libc::SIGTERM);
-    let run = run.finish(Duration::from_secs(10));
-    assert_eq!(run.code(), Some(143), "{run:?}");
-    assert_dir_empty(dir.path(), &run);
+    sigterm_mid_dump(&target, dir.path(), &["--no-ptrace"]);
     target.assert_alive();
     assert!(job_control_reported(target.pid));
     assert_state_is(

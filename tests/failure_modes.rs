@@ -1057,6 +1057,7 @@ fn process_traced_by_strace_is_refused_naming_the_tracer() {
             "already traced by strace",
             &format!("pid {tracer}"),
             "detach",
+            &format!("coresnap --no-ptrace {}", target.pid),
         ],
     );
     assert_state_is(target.pid, None, &before, "traced by strace");

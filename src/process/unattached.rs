@@ -79,6 +79,7 @@ impl UnattachedFreeze {
         if threads_held(pid) || cgroup.as_deref().is_some_and(cgroup_frozen) {
             guard.method = UnattachedMethod::AlreadyStopped;
         } else if freeze {
+            guard.started = Instant::now();
             guard.method = match cgroup.filter(|dir| holds_only(dir, pid)) {
                 Some(cgroup) if write_freeze(&cgroup, true).is_ok() => {
                     UnattachedMethod::CgroupFreezer { cgroup }

@@ -215,7 +215,8 @@ fn threads_held(pid: i32) -> bool {
         let tids = info::thread_ids(pid).ok()?;
         tids.into_iter()
             .map(|tid| match info::thread_progress(pid, tid)? {
-                ('T' | 't', switches) => Some((tid, switches)),
+                // An exiting thread (Z, X) runs no more user code either.
+                ('T' | 't' | 'Z' | 'X', switches) => Some((tid, switches)),
                 _ => None,
             })
             .collect()

@@ -138,7 +138,9 @@ impl CowCopy {
                 (-injected.result) as i32,
             )));
         };
-        let child_memory = match MemoryReader::open(child) {
+        // Every private page of the clone is shared with the target: read
+        // it without pinning, or the kernel would copy each page it reads.
+        let child_memory = match MemoryReader::open_clone(child) {
             Ok(reader) => reader,
             Err(e) => {
                 kill_and_wait(child, timeout);

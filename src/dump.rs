@@ -662,7 +662,7 @@ fn dump_with(
     };
     // When every thread had stopped (with --on-signal, when the signal came).
     let captured_at = SystemTime::now();
-    let memory = match unattached_memory {
+    let mut memory = match unattached_memory {
         Some(memory) => memory,
         None => MemoryReader::open(pid)?,
     };
@@ -679,6 +679,15 @@ fn dump_with(
         }
         Hold::Unattached(held) => collect::collect_unattached(held, state_before, policy, &memory)?,
     };
+    memory.avoid_unsharing(
+        snapshot
+            .regions
+            .iter()
+            .map(|r| &r.mapping)
+            .filter(|m| !m.shared && m.anonymous_kb > 0 && m.shared_kb > 0)
+            .map(|m| (m.start, m.end))
+            .collect(),
+    );
     let registers_partial = matches!(hold, Hold::Unattached(_));
     let freeze_method = hold.method();
     let progress = |done: u64, total: u64| {

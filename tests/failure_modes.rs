@@ -2248,3 +2248,66 @@ fn no_ptrace_sigterm_mid_dump_continues_the_target_and_removes_the_file() {
         "after SIGTERM",
     );
 }
+
+// ---------------------------------------------------------------------------
+// 12. Memory the target shares copy-on-write stays shared
+// ---------------------------------------------------------------------------
+
+/// Memory only `pid` maps, in kB: `Private_Clean` + `Private_Dirty` of
+/// `/proc/PID/smaps_rollup` (a page copied out of a shared one is private,
+/// and clean when the copy was made for reading).
+fn private_kb(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Private_Clean:")
+                .or_else(|| l.strip_prefix("Private_Dirty:"))
+        })
+        .map(|v| {
+            v.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// A forked worker shares its parent's memory page by page until either
+/// writes. Reading those pages by pinning them (process_vm_readv) would
+/// make the kernel give the worker a private copy of each: dumping must
+/// leave them shared, in every way of holding the target.
+#[test]
+fn memory_shared_with_a_parent_stays_shared() {
+    require_root!();
+    let dir = scratch("forked");
+    let target = Target::start("forked", &["64"]);
+    let child = target.num("child") as i32;
+    let only_child = BTreeSet::from([child]);
+    wait_sleeping(child, &only_child);
+    let mem = target.addr("mem");
+    let pages = target.num("mem_len") as u64 / 4096;
+    for extra in [None, Some("--no-ptrace")] {
+        let before = private_kb(child);
+        let (prefix, core) = prefix_and_core(dir.path(), child);
+        let mut args = vec![os("-o"), prefix, os(child.to_string())];
+        args.extend(extra.map(os));
+        let run = coresnap(&args);
+        assert_eq!(run.code(), Some(0), "{extra:?}: {run:?}");
+        let after = private_kb(child);
+        assert!(
+            after < before + 4096,
+            "{extra:?}: the worker's private memory grew from {before} kB to {after} kB: the dump copied pages it shared with its parent"
+        );
+        let core = Core::read(&core);
+        let segment = core.segment(mem).expect("a segment for the shared memory");
+        for page in [0, pages / 2, pages - 1] {
+            let at = (page * 4096) as usize;
+            let word = u64::from_le_bytes(segment[at..at + 8].try_into().unwrap());
+            assert_eq!(word, 0xF0F0_0000_0000_0000 | page, "{extra:?}: page {page}");
+        }
+        assert_state_is(child, None, &running_untraced(&only_child), "after");
+        clear_dir(dir.path());
+    }
+}

@@ -26,6 +26,10 @@ pub struct Mapping {
     pub swap_kb: u64,
     /// `Rss:` in kB.
     pub rss_kb: u64,
+    /// `Shared_Clean:` + `Shared_Dirty:` in kB: resident pages that other
+    /// processes map too (for private memory: pages still shared
+    /// copy-on-write with a parent or child since a fork, or merged by KSM).
+    pub shared_kb: u64,
     /// Two-letter `VmFlags` mnemonics (`dd`, `io`, `pf`, `ht`...).
     pub vm_flags: Vec<[u8; 2]>,
 }
@@ -100,6 +104,7 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<Mapping>, MapsError> {
             b"Anonymous" => current.anonymous_kb = parse_kb(value),
             b"Swap" => current.swap_kb = parse_kb(value),
             b"Rss" => current.rss_kb = parse_kb(value),
+            b"Shared_Clean" | b"Shared_Dirty" => current.shared_kb += parse_kb(value),
             b"VmFlags" => {
                 current.vm_flags = value
                     .split(|&b| b == b' ')
@@ -217,6 +222,9 @@ VmFlags: rd mr mw me dw sd
 7f0000000000-7f0000100000 rw-p 00000000 00:00 0 
 Size:               1024 kB
 Rss:                  12 kB
+Shared_Clean:          4 kB
+Shared_Dirty:          4 kB
+Private_Dirty:         4 kB
 Anonymous:            12 kB
 Swap:                  4 kB
 VmFlags: rd wr mr mw me ac dd
@@ -239,6 +247,7 @@ VmFlags: rd wr sh mr mw me ms sd
         let anon = &maps[1];
         assert!(anon.name.is_empty() && !anon.is_file());
         assert_eq!((anon.rss_kb, anon.anonymous_kb, anon.swap_kb), (12, 12, 4));
+        assert_eq!(anon.shared_kb, 8);
         assert!(anon.has_vm_flag(b"dd"));
         assert_eq!(maps[2].pseudo_name(), Some(&b"[vdso]"[..]));
         assert!(maps[3].shared);

@@ -1,6 +1,16 @@
 //! Reading the target's memory: `process_vm_readv` for speed, falling back
 //! page by page to `/proc/PID/mem` (which also reads PROT_NONE pages), and
 //! recording whatever stays unreadable instead of inventing bytes.
+//!
+//! Memory whose pages may be shared copy-on-write with another process (a
+//! forked worker and its parent, KSM, coresnap's own clone in copy-on-write
+//! mode) is read only through `/proc/PID/mem`: `process_vm_readv` pins the
+//! pages it reads, and since Linux 5.19 pinning a shared anonymous page
+//! makes the kernel copy it into the process first ("unsharing"). Reading a
+//! forked worker that way would give it a private copy of all the memory it
+//! shared, and read at a sixth of the speed (measured: 1 GiB shared with a
+//! parent took 1.4 to 1.6 s and 1 GiB of new memory through
+//! `process_vm_readv`, 0.22 s and none through `/proc/PID/mem`).
 
 use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
@@ -88,6 +98,13 @@ impl MemorySource for MemoryReader {
     ) -> Result<(), MemoryError> {
         // One vectored read for all of them; where it stops short (a piece
         // that cannot be read), the rest goes piece by piece.
+        if self.through_proc_mem_only
+            || pieces
+                .iter()
+                .any(|&(addr, _, len)| self.may_be_shared(addr, len))
+        {
+            return read_each(self, pieces, buf, unreadable);
+        }
         let remote: Vec<RemoteIoVec> = pieces
             .iter()
             .map(|&(base, _, len)| RemoteIoVec {
@@ -132,13 +149,50 @@ impl MemorySource for MemoryReader {
 pub struct MemoryReader {
     pid: i32,
     mem: File,
+    /// Sorted address ranges whose pages may be shared copy-on-write with
+    /// another process: read through `/proc/PID/mem` only.
+    shared_ranges: Vec<(u64, u64)>,
+    /// Everything may be shared (a copy-on-write clone).
+    through_proc_mem_only: bool,
 }
 
 impl MemoryReader {
     pub fn open(pid: i32) -> Result<MemoryReader, MemoryError> {
         let mem = File::open(format!("/proc/{pid}/mem"))
             .map_err(|source| MemoryError::Open { pid, source })?;
-        Ok(MemoryReader { pid, mem })
+        Ok(MemoryReader {
+            pid,
+            mem,
+            shared_ranges: Vec::new(),
+            through_proc_mem_only: false,
+        })
+    }
+
+    /// A reader for a process made with fork/clone from the target, whose
+    /// private memory is all shared copy-on-write with it.
+    pub fn open_clone(pid: i32) -> Result<MemoryReader, MemoryError> {
+        let mut reader = MemoryReader::open(pid)?;
+        reader.through_proc_mem_only = true;
+        Ok(reader)
+    }
+
+    /// Declares the ranges whose pages other processes may share
+    /// copy-on-write (smaps `Shared_*` of private memory); from then on
+    /// they are read without pinning.
+    pub fn avoid_unsharing(&mut self, mut ranges: Vec<(u64, u64)>) {
+        ranges.sort_unstable();
+        self.shared_ranges = ranges;
+    }
+
+    fn may_be_shared(&self, addr: u64, len: usize) -> bool {
+        let end = addr + len as u64;
+        if self.through_proc_mem_only {
+            return true;
+        }
+        // The first range that ends after `addr` is the only candidate
+        // (the ranges are mappings: sorted and disjoint).
+        let i = self.shared_ranges.partition_point(|&(_, e)| e <= addr);
+        self.shared_ranges.get(i).is_some_and(|&(s, _)| s < end)
     }
 
     /// Fills `buf` with the bytes at `addr`. Pages that cannot be read are
@@ -149,16 +203,21 @@ impl MemoryReader {
         buf: &mut [u8],
         unreadable: &mut Vec<Unreadable>,
     ) -> Result<(), MemoryError> {
+        let pin = !self.may_be_shared(addr, buf.len());
         let mut done = 0usize;
         while done < buf.len() {
             let here = addr + done as u64;
-            let got = self.read_vm(here, &mut buf[done..])?;
+            let got = if pin {
+                self.read_vm(here, &mut buf[done..])?
+            } else {
+                self.read_proc_mem_prefix(here, &mut buf[done..])?
+            };
             done += got;
             if done == buf.len() {
                 break;
             }
-            // process_vm_readv stops at the first page it cannot read; try
-            // that one page through /proc/PID/mem before giving up on it.
+            // Both reads stop at the first page they cannot read; try that
+            // one page through /proc/PID/mem before giving up on it.
             let here = addr + done as u64;
             let page_end = ((here / PAGE) + 1) * PAGE;
             let len = ((page_end - here) as usize).min(buf.len() - done);
@@ -195,6 +254,32 @@ impl MemoryReader {
             Err(Errno::ESRCH) => Err(MemoryError::ProcessGone { pid: self.pid }),
             Err(_) => Ok(0),
         }
+    }
+
+    /// Reads as much as `/proc/PID/mem` gives from the start of `buf`.
+    fn read_proc_mem_prefix(&self, addr: u64, buf: &mut [u8]) -> Result<usize, MemoryError> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.mem.read_at(&mut buf[done..], addr + done as u64) {
+                Ok(n) if n > 0 => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A process without memory any more reads as nothing at all;
+                // that is not an unreadable page.
+                _ if done == 0 && self.gone() => {
+                    return Err(MemoryError::ProcessGone { pid: self.pid });
+                }
+                _ => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// The process has exited (or is exiting) and has no memory left.
+    fn gone(&self) -> bool {
+        !matches!(
+            crate::process::info::process_state(self.pid),
+            Some(state) if state != 'Z' && state != 'X'
+        )
     }
 
     fn read_proc_mem(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {

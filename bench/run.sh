@@ -40,10 +40,12 @@ usage: bench/run.sh [options]
 Warming: many VMs (this one too, see the report's machine table) hand freed
 memory back to the host (virtio-balloon free page reporting); the next use of
 such a page costs a fault in the host, which made the same 2 GiB write vary
-2-10x between rounds for every tool. So right before each dump that writes a
-file, the script writes and deletes a file as large as the target's touched
-memory: every tool then writes into pages the host backs, as on a physical
-machine. --cold measures without it.
+2-10x between rounds for every tool. So, as root, the script pauses free page
+reporting for the run (page_reporting_order set above the largest order,
+restored on exit), and right before each dump that writes a file it writes
+and deletes a file as large as the target's touched memory: every tool then
+writes into pages the host backs, as on a physical machine. --cold does
+neither.
 Sizes can be overridden with environment variables (full-size defaults):
   SPARSE_RESERVE=4G SPARSE_STRIDE=4M SPARSE_DENSE=64M DENSE_SIZE=2G
   MAPS_COUNT=30000 MAPS_PAGES=4 SMALL_THREADS=8 SMALL_SIZE=56M PY_SIZE=1G
@@ -118,9 +120,30 @@ restore_core_pattern() {
     fi
 }
 
+# Free page reporting (see "Warming" in --help) is paused for the run when
+# it can be: pages of an order above the largest are never reported.
+REPORTING_FILE=/sys/module/page_reporting/parameters/page_reporting_order
+REPORTING_ORIG=
+REPORTING_NOTE="not seen ($REPORTING_FILE)"
+if [ -r "$REPORTING_FILE" ]; then
+    REPORTING_ORIG=$(cat "$REPORTING_FILE")
+    if [ "$WARM" = 1 ] && printf '11\n' > "$REPORTING_FILE" 2>/dev/null; then
+        REPORTING_NOTE="active on this VM; paused for the run (page_reporting_order $REPORTING_ORIG -> 11, restored at the end)"
+    else
+        REPORTING_NOTE="active on this VM, left on (page_reporting_order $REPORTING_ORIG)"
+        REPORTING_ORIG=
+    fi
+fi
+restore_reporting() {
+    if [ -n "$REPORTING_ORIG" ]; then
+        printf '%s\n' "$REPORTING_ORIG" > "$REPORTING_FILE" && REPORTING_ORIG=
+    fi
+}
+
 cleanup() {
     local p
     restore_core_pattern
+    restore_reporting
     if [ -n "$CUR_JOB" ]; then kill -KILL -- "-$CUR_JOB" 2>/dev/null; fi
     for p in "${TARGET_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
     wait 2>/dev/null
@@ -527,13 +550,7 @@ machine_info() {
         echo "| Kernel | $(uname -sr) |"
         echo "| Output filesystem | $fs (scratch dir under $WORKPARENT) |"
         echo "| THP | $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null) |"
-        local reported
-        reported=$(cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null)
-        if [ -n "$reported" ]; then
-            echo "| Free page reporting | active, $((reported >> 20)) GiB handed back to the host since boot |"
-        else
-            echo "| Free page reporting | not seen (/sys/module/page_reporting/parameters/reported_kib) |"
-        fi
+        echo "| Free page reporting | $REPORTING_NOTE |"
         echo "| Warming | $([ "$WARM" = 1 ] && echo "on: a file of the target's touched size written and deleted before each dump" || echo "off (--cold)") |"
         echo "| gdb | $(gdb --version 2>/dev/null | head -1) |"
         echo "| coresnap | $("$CORESNAP" --version 2>/dev/null | head -1 || true) at $CORESNAP, repo $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit') |"

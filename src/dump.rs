@@ -630,11 +630,11 @@ fn dump_with(
     }
     let state_before = info::process_state(pid).map(|c| c as u8).unwrap_or(b'R');
     // Without ptrace, make sure the memory can be read before stopping the
-    // target for nothing.
-    let unattached_memory = match options.attach {
-        Attach::Unattached { .. } => Some(UnattachedFreeze::open_memory(pid)?),
-        Attach::Ptrace => None,
-    };
+    // target for nothing. (It is opened again once the target is held: a
+    // file opened before an exec would show the old, gone memory.)
+    if let Attach::Unattached { .. } = options.attach {
+        drop(UnattachedFreeze::open_memory(pid)?);
+    }
     let (hold, trigger) = match (&options.on_signal, options.attach) {
         (_, Attach::Unattached { freeze }) => (
             Hold::Unattached(UnattachedFreeze::freeze(
@@ -662,10 +662,7 @@ fn dump_with(
     };
     // When every thread had stopped (with --on-signal, when the signal came).
     let captured_at = SystemTime::now();
-    let mut memory = match unattached_memory {
-        Some(memory) => memory,
-        None => MemoryReader::open(pid)?,
-    };
+    let mut memory = MemoryReader::open(pid)?;
     let policy = SelectionPolicy {
         filter: options
             .filter

@@ -297,7 +297,8 @@ enum Command {
 /// milliseconds. If it is stuck in a system call instead (writing to a pipe
 /// nobody reads, reading a file on a hung network file system), only exiting
 /// gets it out, and exiting is enough: the kernel detaches every thread
-/// coresnap traced, leaving a stopped target stopped and the rest running.
+/// coresnap traced, leaving a stopped target stopped and the rest running
+/// (a --no-ptrace hold is undone just before).
 fn exit_if_stuck_after_signal() {
     const GRACE: Duration = Duration::from_secs(2);
     let signals = [
@@ -323,6 +324,9 @@ fn exit_if_stuck_after_signal() {
                 "coresnap: still busy {} s after signal {signal}; exiting, which releases the target",
                 GRACE.as_secs()
             );
+            // The kernel lets go of ptrace stops; a SIGSTOP or a cgroup
+            // freeze of --no-ptrace is coresnap's to undo.
+            coresnap::process::unattached::undo_before_exit();
             std::process::exit(128 + signal);
         }
     });

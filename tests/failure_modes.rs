@@ -2231,6 +2231,46 @@ fn no_ptrace_freezes_the_targets_own_cgroup() {
     assert_state_is(target.pid, None, &running_untraced(&stable), "after");
 }
 
+/// coresnap stuck writing to a pipe nobody reads gets out by exiting; the
+/// kernel does not undo its SIGSTOP as it undoes ptrace stops, so coresnap
+/// sends SIGCONT before it exits.
+#[test]
+fn no_ptrace_forced_exit_while_blocked_still_continues_the_target() {
+    require_root!();
+    let target = Target::start("busy", &["mem=64", "sleep=1"]);
+    let stable = target.stable_tids();
+    wait_sleeping(target.pid, &stable);
+    let pid = target.pid.to_string();
+    let run = Background::start(
+        &[
+            OsStr::new("--no-ptrace"),
+            OsStr::new("-o"),
+            OsStr::new("-"),
+            OsStr::new(&pid),
+        ],
+        true,
+    );
+    let stopped: BTreeMap<_, _> = stable.iter().map(|&t| (t, ("stopped", 0))).collect();
+    assert_state_is(target.pid, None, &stopped, "held with SIGSTOP");
+    let wchan = format!("/proc/{}/wchan", run.pid());
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            fs::read_to_string(&wchan).is_ok_and(|w| w.trim().ends_with("pipe_write"))
+        }),
+        "coresnap is not blocked writing to the pipe"
+    );
+    signal(run.pid(), libc::SIGTERM);
+    let run = run.finish(Duration::from_secs(15));
+    assert_eq!(run.code(), Some(143), "{run:?}");
+    assert!(run.stderr.contains("after signal 15"), "{run:?}");
+    assert_state_is(
+        target.pid,
+        None,
+        &running_untraced(&stable),
+        "after the forced exit",
+    );
+}
+
 #[test]
 fn no_ptrace_sigterm_mid_dump_continues_the_target_and_removes_the_file() {
     require_root!();

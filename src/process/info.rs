@@ -136,7 +136,9 @@ fn parse_syscall_file(text: &str) -> Option<SyscallState> {
         .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
         .collect::<Option<_>>()?;
     match (nr, hex.as_slice()) {
-        (-1, &[sp, pc]) => Some(SyscallState::Blocked {
+        // Any negative number: not in a system call (-1), or a call with
+        // a bad number held at its entry.
+        (..0, &[sp, pc]) => Some(SyscallState::Blocked {
             syscall: None,
             sp,
             pc,
@@ -316,6 +318,14 @@ mod tests {
                 syscall: Some((230, [0, 0, 0x7ffd1000, 0, 0, 8])),
                 sp: 0x7ffd0ff8,
                 pc: 0x7f00aa01
+            })
+        );
+        assert_eq!(
+            parse_syscall_file("-2 0x10 0x20"),
+            Some(SyscallState::Blocked {
+                syscall: None,
+                sp: 0x10,
+                pc: 0x20
             })
         );
         assert_eq!(parse_syscall_file("7 0x1"), None);

@@ -78,9 +78,15 @@ impl PtraceFacts {
         let same_uid = self.target_uids.iter().all(|&u| u == self.caller_uid);
         let same_gid = self.target_gids.iter().all(|&g| g == self.caller_gid);
         if !same_uid && !privileged {
+            let [real, effective, saved] = self.target_uids;
+            let runs_as = if real == effective && effective == saved {
+                format!("uid {effective}")
+            } else {
+                format!("uids {real} (real), {effective} (effective), {saved} (saved)")
+            };
             reasons.push(format!(
-                "the process runs as uid {} and coresnap as uid {}; only the same user, or a process with CAP_SYS_PTRACE, may attach: run coresnap as uid {} or as root",
-                self.target_uids[1], self.caller_uid, self.target_uids[1]
+                "the process runs as {runs_as} and coresnap as uid {}; only the same user, or a process with CAP_SYS_PTRACE, may attach: run coresnap as uid {effective} or as root",
+                self.caller_uid
             ));
         } else if !same_gid && !privileged {
             reasons.push(format!(
@@ -248,11 +254,9 @@ mod tests {
             target_uids: [1000, 1000, 0],
             ..user(1000)
         };
-        assert!(
-            facts
-                .explain()
-                .contains("runs as uid 1000 and coresnap as uid 1000")
-        );
+        assert!(facts.explain().contains(
+            "runs as uids 1000 (real), 1000 (effective), 0 (saved) and coresnap as uid 1000"
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How the target was kept still.
@@ -50,9 +51,43 @@ pub struct UnattachedFreeze {
     pid: i32,
     tids: Vec<i32>,
     method: UnattachedMethod,
+    /// The target's cgroup v2 directory, if it has one that can be frozen.
+    cgroup: Option<PathBuf>,
     was_stopped: bool,
     started: Instant,
     undone: bool,
+}
+
+/// What the live guards of this process would undo, for an exit that
+/// cannot wait for them: see [`undo_before_exit`].
+static TO_UNDO: Mutex<Vec<(i32, UnattachedMethod)>> = Mutex::new(Vec::new());
+
+fn to_undo() -> std::sync::MutexGuard<'static, Vec<(i32, UnattachedMethod)>> {
+    TO_UNDO
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Undoes every SIGSTOP and cgroup freeze this process still holds. For an
+/// exit forced while a dump is stuck (no destructor runs then): the kernel
+/// lets go of ptrace stops by itself, but not of these.
+pub fn undo_before_exit() {
+    for (pid, method) in std::mem::take(&mut *to_undo()) {
+        undo_method(pid, &method);
+    }
+}
+
+fn undo_method(pid: i32, method: &UnattachedMethod) {
+    match method {
+        UnattachedMethod::CgroupFreezer { cgroup } => {
+            let _ = write_freeze(cgroup, false);
+        }
+        // ESRCH: the target is gone, nothing to resume.
+        UnattachedMethod::Sigstop => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        UnattachedMethod::AlreadyStopped | UnattachedMethod::NotFrozen => {}
+    }
 }
 
 impl UnattachedFreeze {
@@ -67,17 +102,25 @@ impl UnattachedFreeze {
         check_target(pid)?;
         let started = Instant::now();
         let was_stopped = info::process_state(pid) == Some('T');
+        let cgroup = cgroup_dir(pid);
         let mut guard = UnattachedFreeze {
             pid,
             tids: Vec::new(),
             method: UnattachedMethod::NotFrozen,
+            cgroup: cgroup.clone(),
             was_stopped,
             started,
             undone: false,
         };
-        let cgroup = cgroup_dir(pid);
-        if threads_held(pid) || cgroup.as_deref().is_some_and(cgroup_frozen) {
+        // A stop or freeze somebody else started, even one still settling
+        // (a thread in D state has not reached its group stop yet), is
+        // theirs: coresnap waits for it and never undoes it.
+        if was_stopped
+            || threads_held(pid)
+            || cgroup.as_deref().is_some_and(cgroup_freeze_requested)
+        {
             guard.method = UnattachedMethod::AlreadyStopped;
+            guard.wait_until_still(timeout, cancel)?;
         } else if freeze {
             guard.started = Instant::now();
             guard.method = match cgroup.filter(|dir| holds_only(dir, pid)) {
@@ -96,15 +139,16 @@ impl UnattachedFreeze {
                     UnattachedMethod::Sigstop
                 }
             };
+            to_undo().push((pid, guard.method.clone()));
             guard.wait_until_still(timeout, cancel)?;
         }
         guard.tids = info::thread_ids(pid).map_err(|_| FreezeError::ProcessExited { pid })?;
         Ok(guard)
     }
 
-    /// Opens the target's memory for reading, as a first check that
-    /// coresnap may read it at all (the kernel applies the same rules as to
-    /// attaching).
+    /// Opens the target's memory for reading: the check, before anything
+    /// is done to the target, that coresnap may read it at all (the kernel
+    /// applies the same rules as to attaching).
     pub fn open_memory(pid: i32) -> Result<MemoryReader, FreezeError> {
         check_target(pid)?;
         MemoryReader::open(pid).map_err(|error| match error {
@@ -127,7 +171,7 @@ impl UnattachedFreeze {
         loop {
             let still = match &self.method {
                 UnattachedMethod::CgroupFreezer { cgroup } => cgroup_frozen(cgroup),
-                _ => threads_held(pid),
+                _ => threads_held(pid) || self.cgroup.as_deref().is_some_and(cgroup_frozen),
             };
             if still {
                 return Ok(());
@@ -187,16 +231,8 @@ impl UnattachedFreeze {
         if std::mem::replace(&mut self.undone, true) {
             return;
         }
-        match &self.method {
-            UnattachedMethod::CgroupFreezer { cgroup } => {
-                let _ = write_freeze(cgroup, false);
-            }
-            // ESRCH: the target is gone, nothing to resume.
-            UnattachedMethod::Sigstop => {
-                let _ = kill(Pid::from_raw(self.pid), Signal::SIGCONT);
-            }
-            UnattachedMethod::AlreadyStopped | UnattachedMethod::NotFrozen => {}
-        }
+        to_undo().retain(|(pid, _)| *pid != self.pid);
+        undo_method(self.pid, &self.method);
     }
 }
 
@@ -246,8 +282,11 @@ fn cgroup_dir(pid: i32) -> Option<PathBuf> {
 }
 
 /// Freezing `cgroup` freezes `pid` and nothing else: no other process in
-/// it and no child cgroups.
+/// it, no child cgroups, and an ordinary (domain) cgroup, since in a
+/// threaded one some of the process's threads may sit in other cgroups.
 fn holds_only(cgroup: &Path, pid: i32) -> bool {
+    let domain = std::fs::read_to_string(cgroup.join("cgroup.type"))
+        .is_ok_and(|kind| kind.trim() == "domain");
     let alone = std::fs::read_to_string(cgroup.join("cgroup.procs"))
         .is_ok_and(|procs| procs.split_whitespace().eq([pid.to_string().as_str()]));
     let has_children = std::fs::read_dir(cgroup).map_or(true, |entries| {
@@ -255,7 +294,7 @@ fn holds_only(cgroup: &Path, pid: i32) -> bool {
             .filter_map(Result::ok)
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
     });
-    alone && !has_children
+    domain && alone && !has_children
 }
 
 /// (root inside the hierarchy, mount point) of each cgroup2 mount, from
@@ -302,6 +341,12 @@ fn unescape_mount_field(field: &str) -> String {
 
 fn write_freeze(cgroup: &Path, frozen: bool) -> std::io::Result<()> {
     std::fs::write(cgroup.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+}
+
+/// Somebody froze the cgroup, or asked for it (freezing takes a moment).
+fn cgroup_freeze_requested(cgroup: &Path) -> bool {
+    cgroup_frozen(cgroup)
+        || std::fs::read_to_string(cgroup.join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1")
 }
 
 fn cgroup_frozen(cgroup: &Path) -> bool {

@@ -61,12 +61,3 @@ impl FileKind {
         }
     }
 }
-
-/// OR-folds 8 bytes at a time; the compiler vectorises it.
-pub(crate) fn is_zero(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    let acc = words.by_ref().fold(0u64, |a, w| {
-        a | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
-    });
-    acc == 0 && words.remainder().iter().all(|&b| b == 0)
-}

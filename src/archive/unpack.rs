@@ -6,9 +6,10 @@
 //! (no seek table) is decompressed in order. The output is written under a
 //! temporary name next to its final one and renamed when complete.
 
+use super::ArchiveError;
 use super::reader::SeekableCore;
-use super::{ArchiveError, is_zero};
 use crate::cancel::CancelToken;
+use crate::sink::nonzero_page_runs;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -16,8 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-const PAGE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct UnpackReport {
@@ -115,23 +114,8 @@ pub fn unpack(
 /// Writes the non-zero pages of `data` (which belongs at `offset`, a page
 /// multiple) into `out`.
 fn write_sparse(out: &File, offset: u64, data: &[u8]) -> std::io::Result<()> {
-    let mut run: Option<usize> = None;
-    let mut pos = 0;
-    while pos < data.len() {
-        let end = (pos + PAGE).min(data.len());
-        let zero = is_zero(&data[pos..end]);
-        match (zero, run) {
-            (false, None) => run = Some(pos),
-            (true, Some(start)) => {
-                out.write_all_at(&data[start..pos], offset + start as u64)?;
-                run = None;
-            }
-            _ => {}
-        }
-        pos = end;
-    }
-    if let Some(start) = run {
-        out.write_all_at(&data[start..], offset + start as u64)?;
+    for run in nonzero_page_runs(data) {
+        out.write_all_at(&data[run.clone()], offset + run.start as u64)?;
     }
     Ok(())
 }

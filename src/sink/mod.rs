@@ -8,9 +8,40 @@ pub mod zstd_seekable;
 pub use hashing::{Digests, HashingSink, HashingWriter};
 pub use zstd_seekable::{CompressOptions, ZstdSeekableSink};
 
+use crate::elf::layout::PAGE_SIZE;
 use std::fs::File;
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
+
+/// The byte ranges of `data` made of pages that are not all zeros, merged
+/// where they touch (the last page may be short): what a sparse output
+/// writes; the zero pages in between become holes.
+pub fn nonzero_page_runs(data: &[u8]) -> Vec<Range<usize>> {
+    let page = PAGE_SIZE as usize;
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    for (index, chunk) in data.chunks(page).enumerate() {
+        if is_zero(chunk) {
+            continue;
+        }
+        let start = index * page;
+        let end = start + chunk.len();
+        match runs.last_mut() {
+            Some(last) if last.end == start => last.end = end,
+            _ => runs.push(start..end),
+        }
+    }
+    runs
+}
+
+/// OR-folds 8 bytes at a time; the compiler vectorises it.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let acc = words.by_ref().fold(0u64, |a, w| {
+        a | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+    });
+    acc == 0 && words.remainder().iter().all(|&b| b == 0)
+}
 
 pub trait Sink {
     /// Writes `data` at `offset`, which is never below the end of the
@@ -93,6 +124,20 @@ impl<W: Write> Sink for Stream<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_runs_of_nonzero_pages() {
+        let mut data = vec![0u8; 5 * 4096 + 100];
+        data[4096 + 7] = 1;
+        data[2 * 4096] = 2;
+        data[5 * 4096 + 99] = 3;
+        assert_eq!(
+            nonzero_page_runs(&data),
+            vec![4096..3 * 4096, 5 * 4096..5 * 4096 + 100]
+        );
+        assert!(nonzero_page_runs(&[0; 3 * 4096]).is_empty());
+        assert!(is_zero(&[0; 13]) && !is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+    }
     use std::os::unix::fs::MetadataExt;
 
     #[test]

@@ -2,10 +2,10 @@
 //! bytes of a stream (the core may be coming out of a decompressor), asking
 //! for more bytes until everything needed is there.
 
+use crate::inspect::elf::{PT_LOAD, PT_NOTE};
+
 /// Largest header block accepted (program headers plus notes).
 const MAX_HEADERS: u64 = 1 << 30;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProgramHeader {

@@ -6,9 +6,9 @@
 use super::source::ByteSource;
 use std::io;
 
-pub const PT_LOAD: u32 = 1;
-pub const PT_NOTE: u32 = 4;
-pub const PN_XNUM: u16 = 0xffff;
+pub use object::elf::PN_XNUM;
+pub const PT_LOAD: u32 = object::elf::PT_LOAD.0;
+pub const PT_NOTE: u32 = object::elf::PT_NOTE.0;
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: u64 = 56;
 const SHDR_SIZE: usize = 64;

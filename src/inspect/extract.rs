@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// Bytes copied per read.
 const CHUNK: usize = 1 << 20;
-const PAGE: usize = 4096;
+const PAGE: usize = crate::elf::layout::PAGE_SIZE as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {

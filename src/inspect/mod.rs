@@ -192,7 +192,7 @@ pub fn analyse<S: ByteSource>(
                     warnings.push(p);
                 }
             }
-            ("CORESNAP", NT_CORESNAP) if coresnap_note.is_none() => {
+            ("CORESNAP", NT_CORESNAP_MANIFEST) if coresnap_note.is_none() => {
                 match serde_json::from_slice::<serde_json::Value>(&note.desc) {
                     Ok(v) => coresnap_note = Some(v),
                     Err(e) => warnings.push(format!("the CORESNAP note is not valid JSON: {e}")),

@@ -2,14 +2,11 @@
 //! descriptor and returns `None` (or an error string) when it is too short
 //! or inconsistent, never panicking on any input.
 
-pub const NT_PRSTATUS: u32 = 1;
-pub const NT_PRFPREG: u32 = 2;
-pub const NT_PRPSINFO: u32 = 3;
-pub const NT_AUXV: u32 = 6;
-pub const NT_SIGINFO: u32 = 0x5349_4749;
-pub const NT_FILE: u32 = 0x4649_4c45;
+pub use crate::elf::notes::{NT_AUXV, NT_FILE, NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS, NT_SIGINFO};
+pub use crate::manifest::note::NT_CORESNAP_MANIFEST;
+/// Defined here, not taken from `crate::arch`: the reader handles x86-64
+/// cores whatever machine it runs on.
 pub const NT_X86_XSTATE: u32 = 0x202;
-pub const NT_CORESNAP: u32 = 0x4a53_4f4e;
 
 pub const AT_PHDR: u64 = 3;
 pub const AT_ENTRY: u64 = 9;
@@ -31,7 +28,7 @@ pub fn type_name(name: &str, n_type: u32) -> String {
         ("LINUX", 0x204) => "NT_X86_SHSTK",
         ("LINUX", 0x205) => "NT_X86_XSAVE_LAYOUT",
         ("GDB", 0xff00_0000) => "NT_GDB_TDESC",
-        ("CORESNAP", NT_CORESNAP) => "CORESNAP manifest",
+        ("CORESNAP", NT_CORESNAP_MANIFEST) => "CORESNAP manifest",
         ("GNU", 3) => "NT_GNU_BUILD_ID",
         _ => "",
     };

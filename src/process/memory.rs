@@ -21,7 +21,7 @@ use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
 use thiserror::Error;
 
-const PAGE: u64 = 4096;
+use crate::elf::layout::PAGE_SIZE as PAGE;
 
 /// A range of the target that could not be read; it is left as zeros in the
 /// core and listed in the dump report.

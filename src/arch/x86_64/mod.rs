@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 pub const ELF_MACHINE: u16 = 62; // EM_X86_64
 /// `sizeof(struct elf_prstatus)` on x86-64; gdb rejects any other size.
 pub const PRSTATUS_LEN: usize = 336;
-pub const NT_X86_XSTATE: u32 = 0x202;
+pub use xstate::NT_X86_XSTATE;
 /// Number of u64 in `user_regs_struct`.
 pub const GENERAL_REGISTER_COUNT: usize = 27;
 const FXSAVE_LEN: usize = 512;

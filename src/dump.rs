@@ -134,10 +134,9 @@ pub struct DumpReport {
     /// The mode actually used.
     pub mode: DumpMode,
     /// How the target was held: `ptrace`, or without it `cgroup-freezer`,
-    /// `sigstop`, `already-stopped`, `none`.
+    /// `sigstop`, `already-stopped`, `none`; without ptrace the registers
+    /// are only what `/proc` shows ([`DumpReport::registers_partial`]).
     pub freeze: &'static str,
-    /// The registers are only what `/proc` shows (`--no-ptrace`).
-    pub registers_partial: bool,
     /// Why `--mode cow` fell back to stop mode, if it did.
     pub cow_fallback: Option<String>,
     /// Problems that did not stop the dump (e.g. cleaning up the clone).
@@ -152,6 +151,13 @@ pub struct DumpReport {
     pub manifest_path: Option<PathBuf>,
     /// For a compressed core: frames and compressed size.
     pub compressed: Option<SeekableStats>,
+}
+
+impl DumpReport {
+    /// The registers are only what `/proc` shows (`--no-ptrace`).
+    pub fn registers_partial(&self) -> bool {
+        self.freeze != "ptrace"
+    }
 }
 
 #[derive(Debug, Error)]
@@ -685,7 +691,6 @@ fn dump_with(
             .map(|m| (m.start, m.end))
             .collect(),
     );
-    let registers_partial = matches!(hold, Hold::Unattached(_));
     let freeze_method = hold.method();
     let progress = |done: u64, total: u64| {
         if let Some(p) = &options.progress {
@@ -732,7 +737,7 @@ fn dump_with(
         DumpMode::Stop
     };
     let mut warnings = Vec::new();
-    if registers_partial {
+    if freeze_method != "ptrace" {
         warnings.push(format!(
             "the registers are partial: without ptrace only the stack pointer, program counter and system call arguments of threads stopped in the kernel are known (target held by: {freeze_method})"
         ));
@@ -747,7 +752,6 @@ fn dump_with(
             left_stopped,
             trigger: trigger.as_ref().map(|t| (t.tid, t.signal)),
             freeze: freeze_method,
-            registers_partial,
         },
     );
     let note = manifest::note::encode(&manifest);
@@ -827,7 +831,6 @@ fn dump_with(
         left_stopped,
         mode,
         freeze: freeze_method,
-        registers_partial,
         cow_fallback,
         warnings,
         trigger,

@@ -22,10 +22,9 @@ pub struct Context<'a> {
     pub left_stopped: bool,
     /// (tid, signal) the dump was taken on, if a signal triggered it.
     pub trigger: Option<(i32, i32)>,
-    /// How the target was held (`ptrace`, `sigstop`...).
+    /// How the target was held (`ptrace`, `sigstop`...); without ptrace
+    /// the registers are only what `/proc` shows.
     pub freeze: &'a str,
-    /// Registers only from `/proc` (`--no-ptrace`).
-    pub registers_partial: bool,
 }
 
 /// The target's pid and mount namespaces, when either differs from ours.
@@ -136,7 +135,7 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
             }),
             pause_us: None,
             freeze: context.freeze.into(),
-            registers: if context.registers_partial {
+            registers: if context.freeze != "ptrace" {
                 "partial"
             } else {
                 "complete"

@@ -98,10 +98,9 @@ impl MemorySource for MemoryReader {
     ) -> Result<(), MemoryError> {
         // One vectored read for all of them; where it stops short (a piece
         // that cannot be read), the rest goes piece by piece.
-        if self.through_proc_mem_only
-            || pieces
-                .iter()
-                .any(|&(addr, _, len)| self.may_be_shared(addr, len))
+        if pieces
+            .iter()
+            .any(|&(addr, _, len)| self.may_be_shared(addr, len))
         {
             return read_each(self, pieces, buf, unreadable);
         }

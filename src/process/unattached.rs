@@ -115,12 +115,12 @@ impl UnattachedFreeze {
         // A stop or freeze somebody else started, even one still settling
         // (a thread in D state has not reached its group stop yet), is
         // theirs: coresnap waits for it and never undoes it.
-        if was_stopped
-            || threads_held(pid)
-            || cgroup.as_deref().is_some_and(cgroup_freeze_requested)
-        {
+        let held = threads_held(pid);
+        if held || was_stopped || cgroup.as_deref().is_some_and(cgroup_freeze_requested) {
             guard.method = UnattachedMethod::AlreadyStopped;
-            guard.wait_until_still(timeout, cancel)?;
+            if !held {
+                guard.wait_until_still(timeout, cancel)?;
+            }
         } else if freeze {
             guard.started = Instant::now();
             guard.method = match cgroup.filter(|dir| holds_only(dir, pid)) {

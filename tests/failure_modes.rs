@@ -13,7 +13,7 @@
 //! The C targets are `testdata/busy.c`, `testdata/dstate.c` and
 //! `testdata/mapnames.c`; see the comment at the top of each.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -21,9 +21,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, mpsc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{
+    DEBUGGER_TIMEOUT, Program, build, gdb_core_command, run_with_timeout, spawn_reader, wait_until,
+};
 
 /// How long any single coresnap run may take before the test kills it.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -32,7 +37,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the target may take to settle into an expected state.
 const STATE_TIMEOUT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(2);
 
 // ---------------------------------------------------------------------------
 // Generic helpers
@@ -51,19 +55,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(POLL);
-    }
 }
 
 fn signal(pid: i32, sig: libc::c_int) {
@@ -122,16 +113,6 @@ impl Drop for Guard {
             );
         }
     }
-}
-
-fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        let _ = tx.send(buf);
-    });
-    rx
 }
 
 /// The outcome of one coresnap run.
@@ -293,58 +274,6 @@ fn assert_dir_empty(dir: &Path, run: &Run) {
 // Building and running the C targets
 // ---------------------------------------------------------------------------
 
-static BUILT: Mutex<Option<HashMap<&'static str, PathBuf>>> = Mutex::new(None);
-
-/// Compiles `testdata/NAME.c` once per test run into a cache directory
-/// (to a temporary name, then renamed, so concurrent runs never see half a
-/// file) and returns the executable.
-fn build(name: &'static str) -> PathBuf {
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let built = built.get_or_insert_with(HashMap::new);
-    if let Some(path) = built.get(name) {
-        return path.clone();
-    }
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("coresnap-failure-modes");
-    fs::create_dir_all(&cache).unwrap();
-    let out = cache.join(name);
-    let tmp = cache.join(format!(".{name}.{}.tmp", std::process::id()));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(format!("{name}.c"));
-    let child = Command::new("cc")
-        .args([
-            "-g",
-            "-O1",
-            "-fno-omit-frame-pointer",
-            "-pthread",
-            "-Wall",
-            "-o",
-        ])
-        .arg(&tmp)
-        .arg(&src)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cc");
-    let mut guard = Guard::new(child, false);
-    let err = spawn_reader(guard.child.stderr.take().unwrap());
-    let status = guard
-        .wait_timeout(Duration::from_secs(120))
-        .expect("cc timed out");
-    let err =
-        String::from_utf8_lossy(&err.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
-            .into_owned();
-    assert!(
-        status.success(),
-        "compiling {} failed:\n{err}",
-        src.display()
-    );
-    fs::rename(&tmp, &out).unwrap();
-    built.insert(name, out.clone());
-    out
-}
-
 /// A running C target, killed and reaped on drop.
 struct Target {
     guard: Guard,
@@ -354,14 +283,14 @@ struct Target {
 
 impl Target {
     /// Starts `testdata/NAME.c` with `args` and waits for its ready line.
-    fn start<S: AsRef<OsStr>>(name: &'static str, args: &[S]) -> Target {
-        Target::start_via(&[], name, args)
+    fn start<S: AsRef<OsStr>>(program: Program, args: &[S]) -> Target {
+        Target::start_via(&[], program, args)
     }
 
     /// As [`Target::start`], run through `wrapper` (e.g. `setpriv` with its
     /// options, which then execs the target in the same process).
-    fn start_via<S: AsRef<OsStr>>(wrapper: &[&str], name: &'static str, args: &[S]) -> Target {
-        let exe = build(name);
+    fn start_via<S: AsRef<OsStr>>(wrapper: &[&str], program: Program, args: &[S]) -> Target {
+        let exe = build(program);
         let mut cmd = match wrapper.split_first() {
             Some((program, options)) => {
                 let mut cmd = Command::new(program);
@@ -388,9 +317,9 @@ impl Target {
             }
             for _ in lines {}
         });
-        let line = rx
-            .recv_timeout(READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{name} (pid {pid}) printed no ready line: {e}"));
+        let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_else(|e| {
+            panic!("{} (pid {pid}) printed no ready line: {e}", program.name())
+        });
         let mut words = line.split_whitespace();
         assert_eq!(words.next(), Some("ready"), "{line}");
         let ready = words
@@ -642,40 +571,20 @@ fn reported_threads(stderr: &str) -> usize {
     words[at - 1].parse().unwrap()
 }
 
-/// gdb's output for `commands` run on `core` (and its executable).
+/// gdb's output (stdout and stderr merged) for `commands` run on `core`
+/// (and its executable); gdb must succeed.
 fn gdb_batch(exe: &Path, core: &Path, commands: &[&str]) -> String {
-    let mut cmd = Command::new("gdb");
-    cmd.args(["-nx", "-batch", "-iex", "set debuginfod enabled off"]);
-    for command in commands {
-        cmd.args(["-ex", command]);
-    }
-    cmd.arg(exe).arg(core);
-    output_of(cmd, &format!("gdb on {}", core.display()))
+    output_of(
+        gdb_core_command(exe, core, commands),
+        &format!("gdb on {}", core.display()),
+    )
 }
 
 /// The standard output of `cmd`, which must succeed within 90 s.
 fn output_of(mut cmd: Command, what: &str) -> String {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let mut guard = Guard::new(child, true);
-    let out = spawn_reader(guard.child.stdout.take().unwrap());
-    let err = spawn_reader(guard.child.stderr.take().unwrap());
-    let status = guard
-        .wait_timeout(Duration::from_secs(90))
-        .unwrap_or_else(|| panic!("{what}: timed out"));
-    let out =
-        String::from_utf8_lossy(&out.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
-            .into_owned();
-    let err =
-        String::from_utf8_lossy(&err.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
-            .into_owned();
-    assert!(status.success(), "{what} failed:\n{out}\n{err}");
-    out
+    let out = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, true);
+    assert!(out.success(), "{what} failed:\n{}", out.describe());
+    out.stdout
 }
 
 /// Thread ids gdb lists for a core (`info threads`, "LWP N").
@@ -922,7 +831,7 @@ fn zombie_is_refused() {
 fn process_whose_main_thread_exited_is_refused() {
     require_root!();
     let dir = scratch("leader");
-    let target = Target::start("busy", &["sleep=2", "exitmain=1"]);
+    let target = Target::start(Program::Busy, &["sleep=2", "exitmain=1"]);
     let others: BTreeSet<i32> = target
         .stable_tids()
         .into_iter()
@@ -951,7 +860,7 @@ fn process_whose_main_thread_exited_is_refused() {
 fn thread_id_is_refused_with_its_process() {
     require_root!();
     let dir = scratch("tid");
-    let target = Target::start("busy", &["sleep=2"]);
+    let target = Target::start(Program::Busy, &["sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let before = state_of(target.pid, None);
@@ -1038,7 +947,7 @@ fn comm_of(pid: i32) -> String {
 fn process_traced_by_strace_is_refused_naming_the_tracer() {
     require_root!();
     let dir = scratch("strace");
-    let target = Target::start("busy", &["sleep=2"]);
+    let target = Target::start(Program::Busy, &["sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let Some(strace) = traced_by_strace(target.pid, &stable) else {
@@ -1074,7 +983,7 @@ fn process_traced_by_strace_is_refused_naming_the_tracer() {
 fn process_traced_by_gdb_is_refused_naming_the_tracer() {
     require_root!();
     let dir = scratch("gdb");
-    let target = Target::start("busy", &["sleep=1"]);
+    let target = Target::start(Program::Busy, &["sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let Some(gdb) = held_by_gdb(target.pid, &stable) else {
@@ -1102,7 +1011,7 @@ fn process_traced_by_gdb_is_refused_naming_the_tracer() {
 fn one_thread_traced_by_strace_fails_fast_and_releases_the_others() {
     require_root!();
     let dir = scratch("strace-tid");
-    let target = Target::start("busy", &["sleep=4"]);
+    let target = Target::start(Program::Busy, &["sleep=4"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let traced: i32 = *stable.iter().nth(2).unwrap();
@@ -1158,7 +1067,7 @@ fn one_thread_traced_by_strace_fails_fast_and_releases_the_others() {
 fn threads_created_and_joined_while_attaching() {
     require_root!();
     let dir = scratch("churn");
-    let mut target = Target::start("busy", &["churn=3", "sleep=1"]);
+    let mut target = Target::start(Program::Busy, &["churn=3", "sleep=1"]);
     let stable = target.stable_tids();
     let mut counts = BTreeMap::new();
     for round in 0..20 {
@@ -1212,7 +1121,7 @@ fn threads_created_and_joined_while_attaching() {
 fn target_killed_during_the_dump() {
     require_root!();
     let dir = scratch("killed");
-    let mut target = Target::start("busy", &["mem=1024", "sleep=1"]);
+    let mut target = Target::start(Program::Busy, &["mem=1024", "sleep=1"]);
     let (prefix, _) = prefix_and_core(dir.path(), target.pid);
     let mut run = Background::start(
         &[
@@ -1251,15 +1160,13 @@ fn target_killed_during_the_dump() {
 fn thread_in_d_state_times_out_and_everything_is_released() {
     require_root!();
     let dir = scratch("dstate");
-    let target = Target::start("dstate", &[] as &[&str]);
-    let (main, vforker, child) = (
-        target.num("main") as i32,
-        target.num("vforker") as i32,
-        target.num("child") as i32,
-    );
-    let child_guard = ChildKiller(child);
+    let DStateTarget {
+        target,
+        main,
+        vforker,
+        child: child_guard,
+    } = DStateTarget::start();
     wait_states(target.pid, &BTreeSet::from([main]), |s| s == 'S');
-    wait_states(target.pid, &BTreeSet::from([vforker]), |s| s == 'D');
     let before = state_of(target.pid, None);
     let (prefix, _) = prefix_and_core(dir.path(), target.pid);
     let run = coresnap(&[
@@ -1305,15 +1212,13 @@ fn thread_in_d_state_times_out_and_everything_is_released() {
 fn d_state_thread_is_released_before_the_next_pid() {
     require_root!();
     let dir = scratch("dstate-next");
-    let target = Target::start("dstate", &[] as &[&str]);
-    let (main, vforker, child) = (
-        target.num("main") as i32,
-        target.num("vforker") as i32,
-        target.num("child") as i32,
-    );
-    let child_guard = ChildKiller(child);
-    wait_states(target.pid, &BTreeSet::from([vforker]), |s| s == 'D');
-    let big = Target::start("busy", &["mem=1024"]);
+    let DStateTarget {
+        target,
+        main,
+        vforker,
+        child: child_guard,
+    } = DStateTarget::start();
+    let big = Target::start(Program::Busy, &["mem=1024"]);
     let prefix = dir.path().join("core").into_os_string();
     let (pid, big_pid) = (target.pid.to_string(), big.pid.to_string());
     let args = ["--no-manifest", "--timeout", "1", "-o"].map(OsStr::new);
@@ -1365,15 +1270,13 @@ fn d_state_thread_is_released_before_the_next_pid() {
 fn sigint_while_waiting_for_a_d_state_thread() {
     require_root!();
     let dir = scratch("dstate-sigint");
-    let target = Target::start("dstate", &[] as &[&str]);
-    let (main, vforker, child) = (
-        target.num("main") as i32,
-        target.num("vforker") as i32,
-        target.num("child") as i32,
-    );
-    let _child = ChildKiller(child);
+    let DStateTarget {
+        target,
+        main,
+        child: _child,
+        ..
+    } = DStateTarget::start();
     wait_states(target.pid, &BTreeSet::from([main]), |s| s == 'S');
-    wait_states(target.pid, &BTreeSet::from([vforker]), |s| s == 'D');
     let before = state_of(target.pid, None);
     let (prefix, _) = prefix_and_core(dir.path(), target.pid);
     let pid = target.pid.to_string();
@@ -1417,6 +1320,32 @@ fn sigint_while_waiting_for_a_d_state_thread() {
 /// Kills a pid (not our child: the vfork child of a target) on drop.
 struct ChildKiller(i32);
 
+/// `testdata/dstate.c` once its vfork parent sleeps in D state, with the
+/// ids of its main thread and of that thread; the vfork child, which the
+/// target's guard does not reach, is killed on drop.
+struct DStateTarget {
+    target: Target,
+    main: i32,
+    vforker: i32,
+    child: ChildKiller,
+}
+
+impl DStateTarget {
+    fn start() -> DStateTarget {
+        let target = Target::start(Program::DState, &[] as &[&str]);
+        let main = target.num("main") as i32;
+        let vforker = target.num("vforker") as i32;
+        let child = ChildKiller(target.num("child") as i32);
+        wait_states(target.pid, &BTreeSet::from([vforker]), |s| s == 'D');
+        DStateTarget {
+            target,
+            main,
+            vforker,
+            child,
+        }
+    }
+}
+
 impl Drop for ChildKiller {
     fn drop(&mut self) {
         // SAFETY: plain syscall.
@@ -1432,7 +1361,7 @@ impl Drop for ChildKiller {
 fn sigint_sigterm_sighup_mid_dump_release_the_target_and_remove_the_file() {
     require_root!();
     let dir = scratch("signals");
-    let mut target = Target::start("busy", &["mem=1024", "sleep=2"]);
+    let mut target = Target::start(Program::Busy, &["mem=1024", "sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let before = state_of(target.pid, None);
@@ -1470,7 +1399,7 @@ fn sigint_sigterm_sighup_mid_dump_release_the_target_and_remove_the_file() {
 fn sigkill_mid_dump_leaves_the_target_running() {
     require_root!();
     let dir = scratch("sigkill");
-    let mut target = Target::start("busy", &["mem=1024", "sleep=2"]);
+    let mut target = Target::start(Program::Busy, &["mem=1024", "sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let before = state_of(target.pid, None);
@@ -1503,7 +1432,7 @@ fn sigkill_mid_dump_leaves_the_target_running() {
 #[test]
 fn sigterm_while_blocked_on_a_full_pipe() {
     require_root!();
-    let target = Target::start("busy", &["mem=64", "sleep=1"]);
+    let target = Target::start(Program::Busy, &["mem=64", "sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let before = state_of(target.pid, None);
@@ -1547,7 +1476,7 @@ fn read_only_output_directory() {
     let Some(mnt) = Tmpfs::mount("ro,size=1m") else {
         return;
     };
-    let target = Target::start("busy", &["sleep=1"]);
+    let target = Target::start(Program::Busy, &["sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let before = state_of(target.pid, None);
@@ -1569,7 +1498,7 @@ fn disk_full(stopped: bool) {
     let Some(mnt) = Tmpfs::mount("size=1m") else {
         return;
     };
-    let target = Target::start("busy", &["mem=16", "sleep=2"]);
+    let target = Target::start(Program::Busy, &["mem=16", "sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     if stopped {
@@ -1615,7 +1544,7 @@ fn check_mapped_names(names: &[&[u8]]) {
         paths.push((path, content));
     }
     let args: Vec<&OsStr> = paths.iter().map(|(p, _)| p.as_os_str()).collect();
-    let target = Target::start("mapnames", &args);
+    let target = Target::start(Program::MapNames, &args);
     let before = state_of(target.pid, None);
     let (prefix, core) = prefix_and_core(dir.path(), target.pid);
     // Bit 2: dump private file mappings whole, so their bytes can be compared.
@@ -1708,7 +1637,7 @@ fn sigterm_mid_dump(target: &Target, dir: &Path, extra: &[&str]) {
 fn stopped_target_stays_stopped_after_sigterm_mid_dump() {
     require_root!();
     let dir = scratch("stopped-signal");
-    let mut target = Target::start("busy", &["mem=1024", "sleep=2"]);
+    let mut target = Target::start(Program::Busy, &["mem=1024", "sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     stop(target.pid, &stable);
@@ -1722,14 +1651,12 @@ fn stopped_target_stays_stopped_after_sigterm_mid_dump() {
 fn stopped_target_stays_stopped_after_d_state_timeout() {
     require_root!();
     let dir = scratch("stopped-dstate");
-    let target = Target::start("dstate", &[] as &[&str]);
-    let (main, vforker, child) = (
-        target.num("main") as i32,
-        target.num("vforker") as i32,
-        target.num("child") as i32,
-    );
-    let _child = ChildKiller(child);
-    wait_states(target.pid, &BTreeSet::from([vforker]), |s| s == 'D');
+    let DStateTarget {
+        target,
+        main,
+        vforker,
+        child: _child,
+    } = DStateTarget::start();
     // The group stop reaches main; the vforker stays in D until it returns.
     signal(target.pid, libc::SIGSTOP);
     wait_states(target.pid, &BTreeSet::from([main]), |s| s == 'T');
@@ -1761,10 +1688,10 @@ fn stopped_target_stays_stopped_after_d_state_timeout() {
 fn soak_200_dumps_of_a_busy_target() {
     require_root!();
     let dir = scratch("soak");
-    let mut target = Target::start("busy", &["spin=1", "sleep=4"]);
+    let mut target = Target::start(Program::Busy, &["spin=1", "sleep=4"]);
     let stable = target.stable_tids();
     assert_eq!(stable.len(), 6);
-    let exe = build("busy");
+    let exe = build(Program::Busy);
     let started = Instant::now();
     let mut pauses = Vec::new();
     let (mut in_coresnap, mut in_gdb) = (Duration::ZERO, Duration::ZERO);
@@ -1888,7 +1815,7 @@ fn permission_denied_for_another_users_process() {
         return;
     }
     let dir = scratch_for_anyone("otheruser");
-    let target = Target::start("busy", &["sleep=1"]);
+    let target = Target::start(Program::Busy, &["sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     assert_refused_via(
@@ -1910,7 +1837,7 @@ fn permission_denied_for_a_process_that_is_not_dumpable() {
         return;
     }
     let dir = scratch_for_anyone("nodump");
-    let mut target = Target::start_via(&AS_NOBODY, "busy", &["sleep=1", "nodump=1"]);
+    let mut target = Target::start_via(&AS_NOBODY, Program::Busy, &["sleep=1", "nodump=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     assert_refused_via(
@@ -1944,7 +1871,7 @@ fn permission_denied_without_cap_sys_ptrace() {
         return;
     }
     let dir = scratch("nocap");
-    let target = Target::start("busy", &["sleep=1"]);
+    let target = Target::start(Program::Busy, &["sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     assert_refused_via(
@@ -1994,7 +1921,7 @@ fn manifest_capture(core: &Path) -> serde_json::Value {
 /// is there, each stopped in pause() with the caller named, and the memory
 /// holds the target's pattern.
 fn check_unattached_core(target: &Target, core: &Path, stable: &BTreeSet<i32>) {
-    let exe = build("busy");
+    let exe = build(Program::Busy);
     assert_eq!(gdb_threads(&exe, core), *stable);
     let mem = target.addr("mem");
     let out = gdb_batch(
@@ -2056,7 +1983,7 @@ fn dump_unattached(target: &Target, dir: &Path, extra: &[&str], held_by: &str) -
 fn no_ptrace_dumps_a_process_that_strace_traces() {
     require_root!();
     let dir = scratch("noptrace-strace");
-    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let target = Target::start(Program::Busy, &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let Some(strace) = traced_by_strace(target.pid, &stable) else {
@@ -2074,7 +2001,7 @@ fn no_ptrace_dumps_a_process_that_strace_traces() {
 fn no_ptrace_dumps_a_process_that_gdb_holds_and_leaves_it_to_gdb() {
     require_root!();
     let dir = scratch("noptrace-gdb");
-    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let target = Target::start(Program::Busy, &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let Some(gdb) = held_by_gdb(target.pid, &stable) else {
@@ -2102,7 +2029,7 @@ fn no_ptrace_dumps_a_process_that_gdb_holds_and_leaves_it_to_gdb() {
 fn no_ptrace_undoes_its_sigstop_and_keeps_a_stop_it_found() {
     require_root!();
     let dir = scratch("noptrace-stop");
-    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let target = Target::start(Program::Busy, &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     dump_unattached(&target, dir.path(), &[], "sigstop");
@@ -2133,7 +2060,7 @@ fn no_ptrace_undoes_its_sigstop_and_keeps_a_stop_it_found() {
 fn no_ptrace_without_freezing() {
     require_root!();
     let dir = scratch("noptrace-nofreeze");
-    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let target = Target::start(Program::Busy, &["sleep=2", "mem=8"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     // Sleeping threads are not running: /proc still shows where they are.
@@ -2216,7 +2143,7 @@ fn no_ptrace_freezes_the_targets_own_cgroup() {
         return;
     };
     let dir = scratch("noptrace-cgroup");
-    let target = Target::start("busy", &["sleep=2", "mem=8"]);
+    let target = Target::start(Program::Busy, &["sleep=2", "mem=8"]);
     if !cgroup.add(target.pid) {
         return;
     }
@@ -2237,7 +2164,7 @@ fn no_ptrace_freezes_the_targets_own_cgroup() {
 #[test]
 fn no_ptrace_forced_exit_while_blocked_still_continues_the_target() {
     require_root!();
-    let target = Target::start("busy", &["mem=64", "sleep=1"]);
+    let target = Target::start(Program::Busy, &["mem=64", "sleep=1"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     let pid = target.pid.to_string();
@@ -2275,7 +2202,7 @@ fn no_ptrace_forced_exit_while_blocked_still_continues_the_target() {
 fn no_ptrace_sigterm_mid_dump_continues_the_target_and_removes_the_file() {
     require_root!();
     let dir = scratch("noptrace-sigterm");
-    let mut target = Target::start("busy", &["mem=1024", "sleep=2"]);
+    let mut target = Target::start(Program::Busy, &["mem=1024", "sleep=2"]);
     let stable = target.stable_tids();
     wait_sleeping(target.pid, &stable);
     sigterm_mid_dump(&target, dir.path(), &["--no-ptrace"]);
@@ -2322,7 +2249,7 @@ fn private_kb(pid: i32) -> u64 {
 fn memory_shared_with_a_parent_stays_shared() {
     require_root!();
     let dir = scratch("forked");
-    let target = Target::start("forked", &["64"]);
+    let target = Target::start(Program::Forked, &["64"]);
     let child = target.num("child") as i32;
     let only_child = BTreeSet::from([child]);
     wait_sleeping(child, &only_child);

@@ -87,7 +87,7 @@ fn describe_cmd(cmd: &Command) -> String {
     s
 }
 
-fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<Vec<u8>> {
+pub fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut buf = Vec::new();
@@ -263,6 +263,12 @@ pub enum Program {
     Crasher,
     /// `mapnames.c` as a PIE.
     MapNames,
+    /// `busy.c` as a PIE.
+    Busy,
+    /// `dstate.c` as a PIE.
+    DState,
+    /// `forked.c` as a PIE.
+    Forked,
 }
 
 impl Program {
@@ -277,6 +283,9 @@ impl Program {
             Program::Counter => "counter",
             Program::Crasher => "crasher",
             Program::MapNames => "mapnames",
+            Program::Busy => "busy",
+            Program::DState => "dstate",
+            Program::Forked => "forked",
         }
     }
     fn source(self) -> &'static str {
@@ -289,6 +298,9 @@ impl Program {
             Program::Counter => "counter.c",
             Program::Crasher => "crasher.c",
             Program::MapNames => "mapnames.c",
+            Program::Busy => "busy.c",
+            Program::DState => "dstate.c",
+            Program::Forked => "forked.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {
@@ -740,13 +752,23 @@ fn split_sections(out: &str, n: usize, what: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs `gdb -nx -batch -ex CMD... EXE CORE` and returns stdout and stderr
-/// merged, in order.
-pub fn run_gdb(exe: &Path, core: &Path, commands: &[&str]) -> String {
+/// `gdb -nx -batch -ex CMD... EXE CORE`, ready to run.
+pub fn gdb_core_command(exe: &Path, core: &Path, commands: &[&str]) -> Command {
     let mut cmd = gdb_base();
     add_commands(&mut cmd, commands, false);
     cmd.arg(exe).arg(core);
-    run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, true).stdout
+    cmd
+}
+
+/// Runs `gdb -nx -batch -ex CMD... EXE CORE` and returns stdout and stderr
+/// merged, in order.
+pub fn run_gdb(exe: &Path, core: &Path, commands: &[&str]) -> String {
+    run_with_timeout(
+        &mut gdb_core_command(exe, core, commands),
+        DEBUGGER_TIMEOUT,
+        true,
+    )
+    .stdout
 }
 
 /// Like [`run_gdb`] but returns each command's output separately (split with

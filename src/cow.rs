@@ -67,21 +67,25 @@ fn meminfo_kb(key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
 }
 
-fn status_field(pid: i32, key: &str) -> Option<u64> {
+/// A number of `/proc/PID/status` (the first word after `key`: kB for sizes).
+fn status_number(pid: i32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+    crate::process::info::status_field(&text, key)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Whether a copy-on-write dump is safe, decided before anything is changed
 /// in the target.
 fn check_preconditions(frozen: &FrozenProcess, snapshot: &Snapshot) -> Result<(), CowError> {
     let pid = frozen.pid();
-    if status_field(pid, "Seccomp:").unwrap_or(0) != 0 {
+    if status_number(pid, "Seccomp:").unwrap_or(0) != 0 {
         return Err(CowError::Seccomp);
     }
     let available_kb = meminfo_kb("MemAvailable:").unwrap_or(0);
-    let anon_kb = status_field(pid, "RssAnon:").unwrap_or(0);
+    let anon_kb = status_number(pid, "RssAnon:").unwrap_or(0);
     if anon_kb > available_kb / 2 {
         return Err(CowError::NotEnoughMemory {
             anon_mib: anon_kb >> 10,

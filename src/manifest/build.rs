@@ -44,9 +44,7 @@ fn namespaces(pid: i32) -> Option<super::Namespaces> {
         return None;
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let pids: Vec<i32> = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
+    let pids: Vec<i32> = crate::process::info::status_field(&status, "NSpid:")
         .map(|v| {
             v.split_whitespace()
                 .filter_map(|p| p.parse().ok())

@@ -58,7 +58,9 @@ pub fn thread_progress(pid: i32, tid: i32) -> Option<(char, u64)> {
     Some((state, voluntary + involuntary))
 }
 
-fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+/// The value after `key` (e.g. `"PPid:"`) in the text of a
+/// `/proc/PID/status` file, trimmed.
+pub fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|line| line.strip_prefix(key))
         .map(str::trim)

@@ -3,6 +3,8 @@
 //! (`__ptrace_may_access` in kernel/ptrace.c, then the security modules:
 //! commoncap, then Yama), with what to do about each.
 
+use crate::process::info::status_field;
+
 /// Capability bit of CAP_SYS_PTRACE.
 const CAP_SYS_PTRACE: u32 = 19;
 
@@ -34,10 +36,12 @@ impl PtraceFacts {
         let me = std::fs::read_to_string("/proc/self/status").ok()?;
         let target = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let ids = |text: &str, key: &str| -> Option<[u32; 3]> {
-            let mut values = field(text, key)?.split_whitespace().map(|v| v.parse().ok());
+            let mut values = status_field(text, key)?
+                .split_whitespace()
+                .map(|v| v.parse().ok());
             Some([values.next()??, values.next()??, values.next()??])
         };
-        let caps = |text: &str, key: &str| u64::from_str_radix(field(text, key)?, 16).ok();
+        let caps = |text: &str, key: &str| u64::from_str_radix(status_field(text, key)?, 16).ok();
         let target_uids = ids(&target, "Uid:")?;
         // A process that is not dumpable has its /proc files owned by root
         // (task_dump_owner), whoever it runs as.
@@ -124,19 +128,13 @@ impl PtraceFacts {
     }
 }
 
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(key))
-        .map(str::trim)
-}
-
 /// `ancestor` is on `pid`'s chain of parents.
 fn is_descendant(pid: i32, ancestor: i32) -> bool {
     let mut current = pid;
     for _ in 0..4096 {
         let Some(parent) = std::fs::read_to_string(format!("/proc/{current}/status"))
             .ok()
-            .and_then(|s| field(&s, "PPid:")?.parse::<i32>().ok())
+            .and_then(|s| status_field(&s, "PPid:")?.parse::<i32>().ok())
         else {
             return false;
         };

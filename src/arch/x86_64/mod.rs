@@ -44,8 +44,9 @@ pub mod reg {
 pub struct ThreadRegisters {
     /// `user_regs_struct`, in its order (r15 first, gs last).
     pub general: [u64; GENERAL_REGISTER_COUNT],
-    /// FXSAVE area: x87, MXCSR, xmm0-15 (empty when unknown).
-    pub fpregs: Vec<u8>,
+    /// FXSAVE area: x87, MXCSR, xmm0-15; `None` when unknown (registers
+    /// read without ptrace).
+    pub fpregs: Option<Vec<u8>>,
     /// XSAVE area as the kernel returned it (the CPU's standard layout), if
     /// the CPU has XSAVE.
     pub xstate: Option<Vec<u8>>,
@@ -88,7 +89,7 @@ pub fn capture_registers(tid: i32) -> Result<ThreadRegisters, Errno> {
     };
     Ok(ThreadRegisters {
         general,
-        fpregs,
+        fpregs: Some(fpregs),
         xstate,
     })
 }
@@ -120,7 +121,7 @@ pub fn registers_from_syscall_state(state: &SyscallState) -> ThreadRegisters {
     }
     ThreadRegisters {
         general,
-        fpregs: Vec::new(),
+        fpregs: None,
         xstate: None,
     }
 }
@@ -138,9 +139,8 @@ fn native_layout() -> &'static xstate::XsaveLayout {
 /// The register-set notes that follow a thread's NT_PRSTATUS.
 pub fn register_notes(regs: &ThreadRegisters) -> Vec<Note> {
     let mut notes = Vec::new();
-    // Empty when the registers came from /proc without ptrace.
-    if !regs.fpregs.is_empty() {
-        notes.push(Note::new(NAME_CORE, NT_PRFPREG, regs.fpregs.clone()));
+    if let Some(fpregs) = &regs.fpregs {
+        notes.push(Note::new(NAME_CORE, NT_PRFPREG, fpregs.clone()));
     }
     if let Some(area) = &regs.xstate {
         // gdb 13 reads XSAVE components at fixed (Intel) offsets and checks

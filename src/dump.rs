@@ -639,7 +639,7 @@ fn dump_with(
     // target for nothing. (It is opened again once the target is held: a
     // file opened before an exec would show the old, gone memory.)
     if let Attach::Unattached { .. } = options.attach {
-        drop(UnattachedFreeze::open_memory(pid)?);
+        UnattachedFreeze::check_memory_readable(pid)?;
     }
     let (hold, trigger) = match (&options.on_signal, options.attach) {
         (_, Attach::Unattached { freeze }) => (

@@ -148,11 +148,10 @@ impl MemorySource for MemoryReader {
 pub struct MemoryReader {
     pid: i32,
     mem: File,
-    /// Sorted address ranges whose pages may be shared copy-on-write with
-    /// another process: read through `/proc/PID/mem` only.
+    /// Sorted, disjoint address ranges whose pages may be shared
+    /// copy-on-write with another process: read through `/proc/PID/mem`
+    /// only.
     shared_ranges: Vec<(u64, u64)>,
-    /// Everything may be shared (a copy-on-write clone).
-    through_proc_mem_only: bool,
 }
 
 impl MemoryReader {
@@ -163,7 +162,6 @@ impl MemoryReader {
             pid,
             mem,
             shared_ranges: Vec::new(),
-            through_proc_mem_only: false,
         })
     }
 
@@ -171,7 +169,7 @@ impl MemoryReader {
     /// private memory is all shared copy-on-write with it.
     pub fn open_clone(pid: i32) -> Result<MemoryReader, MemoryError> {
         let mut reader = MemoryReader::open(pid)?;
-        reader.through_proc_mem_only = true;
+        reader.shared_ranges = vec![(0, u64::MAX)];
         Ok(reader)
     }
 
@@ -185,11 +183,7 @@ impl MemoryReader {
 
     fn may_be_shared(&self, addr: u64, len: usize) -> bool {
         let end = addr + len as u64;
-        if self.through_proc_mem_only {
-            return true;
-        }
-        // The first range that ends after `addr` is the only candidate
-        // (the ranges are mappings: sorted and disjoint).
+        // The first range that ends after `addr` is the only candidate.
         let i = self.shared_ranges.partition_point(|&(_, e)| e <= addr);
         self.shared_ranges.get(i).is_some_and(|&(s, _)| s < end)
     }

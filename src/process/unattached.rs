@@ -146,23 +146,25 @@ impl UnattachedFreeze {
         Ok(guard)
     }
 
-    /// Opens the target's memory for reading: the check, before anything
-    /// is done to the target, that coresnap may read it at all (the kernel
-    /// applies the same rules as to attaching).
-    pub fn open_memory(pid: i32) -> Result<MemoryReader, FreezeError> {
+    /// Checks, before anything is done to the target, that coresnap may
+    /// read its memory at all (the kernel applies the same rules as to
+    /// attaching), by opening it.
+    pub fn check_memory_readable(pid: i32) -> Result<(), FreezeError> {
         check_target(pid)?;
-        MemoryReader::open(pid).map_err(|error| match error {
-            MemoryError::Open { source, .. }
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
-            {
-                FreezeError::PermissionDenied {
-                    pid,
-                    tid: pid,
-                    why: explain_permission_denied(pid),
+        MemoryReader::open(pid)
+            .map(drop)
+            .map_err(|error| match error {
+                MemoryError::Open { source, .. }
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    FreezeError::PermissionDenied {
+                        pid,
+                        tid: pid,
+                        why: explain_permission_denied(pid),
+                    }
                 }
-            }
-            _ => FreezeError::ProcessExited { pid },
-        })
+                _ => FreezeError::ProcessExited { pid },
+            })
     }
 
     fn wait_until_still(&self, timeout: Duration, cancel: &CancelToken) -> Result<(), FreezeError> {

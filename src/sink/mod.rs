@@ -55,9 +55,8 @@ pub trait Sink {
 /// sparse process gives a sparse core.
 ///
 /// Writes go through the page cache, as gcore's and the kernel's do. An
-/// `O_DIRECT` path was measured here (docs/PERFORMANCE.md): it was steadier
-/// when the page cache was under pressure but 3x slower (2 GiB in 1.9 s
-/// against 0.6 s) on a machine with memory to spare, so it was dropped.
+/// `O_DIRECT` path was tried and dropped: it runs at the disk's speed,
+/// between two and three times slower here (docs/PERFORMANCE.md).
 pub struct SparseFile<'a> {
     file: &'a File,
 }

@@ -115,7 +115,10 @@ pub fn prstatus(process: &ProcessInfo, thread: &ThreadInfo) -> Vec<u8> {
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&thread.signals_pending.to_le_bytes());
     out.extend_from_slice(&thread.signals_blocked.to_le_bytes());
-    for v in [thread.tid, process.ppid, process.pgrp, process.sid] {
+    // The ids as the process knows them (its own pid namespace), as the
+    // kernel writes them: libthread_db matches threads by these.
+    let ids = process.inside;
+    for v in [thread.tid_inside, ids.ppid, ids.pgrp, ids.sid] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     put_timeval(&mut out, thread.user_time);
@@ -123,8 +126,8 @@ pub fn prstatus(process: &ProcessInfo, thread: &ThreadInfo) -> Vec<u8> {
     put_timeval(&mut out, thread.children_user_time);
     put_timeval(&mut out, thread.children_system_time);
     out.extend_from_slice(&arch::prstatus_registers(&thread.registers));
-    // pr_fpvalid: the FPU state is always captured alongside.
-    out.extend_from_slice(&1i32.to_le_bytes());
+    // pr_fpvalid: whether an NT_PRFPREG note follows.
+    out.extend_from_slice(&i32::from(thread.registers.fp_valid()).to_le_bytes());
     out.resize(arch::PRSTATUS_LEN, 0);
     out
 }
@@ -142,7 +145,8 @@ pub fn prpsinfo(process: &ProcessInfo) -> Vec<u8> {
     out.extend_from_slice(&process.flags.to_le_bytes());
     out.extend_from_slice(&process.uid.to_le_bytes());
     out.extend_from_slice(&process.gid.to_le_bytes());
-    for v in [process.pid, process.ppid, process.pgrp, process.sid] {
+    let ids = process.inside;
+    for v in [ids.pid, ids.ppid, ids.pgrp, ids.sid] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     let mut fname = [0u8; 16];
@@ -208,11 +212,18 @@ mod tests {
 
     #[test]
     fn prpsinfo_turns_argument_nuls_into_spaces() {
+        let ids = crate::process::info::ProcessIds {
+            pid: 10,
+            ppid: 1,
+            pgrp: 10,
+            sid: 10,
+        };
         let process = ProcessInfo {
             pid: 10,
             ppid: 1,
             pgrp: 10,
             sid: 10,
+            inside: ids,
             uid: 1000,
             gid: 100,
             comm: b"prog".to_vec(),

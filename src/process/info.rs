@@ -175,6 +175,66 @@ pub struct ProcessInfo {
     /// Clock ticks since boot when the process started: with the pid it
     /// identifies the process even after the pid is reused.
     pub start_time_ticks: u64,
+    /// The same ids as the process sees them in its own pid namespace,
+    /// which is what the kernel writes into its cores (and what libthread_db
+    /// finds in the process's memory); equal to the fields above unless the
+    /// process is in a container.
+    pub inside: ProcessIds,
+}
+
+/// pid, parent, process group and session ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessIds {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub sid: i32,
+}
+
+/// The last (innermost) number of an `NS*` line of a status file: the id in
+/// the process's own pid namespace; and how many namespaces deep it is.
+fn innermost(status: &str, key: &str) -> Option<(i32, usize)> {
+    let values: Vec<i32> = status_field(status, key)?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Some((*values.last()?, values.len()))
+}
+
+/// `host` seen from inside the pid namespace of `pid` (see
+/// [`ProcessInfo::inside`]); the parent is 0 when it lives outside it, as
+/// the kernel reports it.
+fn ids_inside(pid: i32, host: ProcessIds) -> ProcessIds {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return host;
+    };
+    let Some((inner_pid, depth)) = innermost(&status, "NSpid:") else {
+        return host;
+    };
+    let ppid = std::fs::read_to_string(format!("/proc/{}/status", host.ppid))
+        .ok()
+        .and_then(|parent| {
+            let ids: Vec<i32> = status_field(&parent, "NSpid:")?
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            ids.get(depth - 1).copied()
+        })
+        .unwrap_or(0);
+    ProcessIds {
+        pid: inner_pid,
+        ppid,
+        pgrp: innermost(&status, "NSpgid:").map_or(host.pgrp, |(id, _)| id),
+        sid: innermost(&status, "NSsid:").map_or(host.sid, |(id, _)| id),
+    }
+}
+
+/// `tid` as the process sees it in its own pid namespace.
+pub fn tid_inside(pid: i32, tid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|status| innermost(&status, "NSpid:"))
+        .map_or(tid, |(id, _)| id)
 }
 
 /// Per-thread facts for NT_PRSTATUS.
@@ -200,11 +260,18 @@ pub fn process_info(pid: i32, state_before: u8) -> std::io::Result<ProcessInfo> 
     let process = Process::new(pid).map_err(to_io)?;
     let stat: Stat = process.stat().map_err(to_io)?;
     let status = process.status().map_err(to_io)?;
+    let host = ProcessIds {
+        pid,
+        ppid: stat.ppid,
+        pgrp: stat.pgrp,
+        sid: stat.session,
+    };
     Ok(ProcessInfo {
         pid,
         ppid: stat.ppid,
         pgrp: stat.pgrp,
         sid: stat.session,
+        inside: ids_inside(pid, host),
         uid: status.ruid,
         gid: status.rgid,
         comm: std::fs::read(format!("/proc/{pid}/comm"))?

@@ -119,6 +119,7 @@ fn collect_threads(
         let facts = info::thread_facts(pid, tid).unwrap_or_default();
         threads.push(ThreadInfo {
             tid,
+            tid_inside: info::tid_inside(pid, tid),
             registers,
             signals_pending: facts.signals_pending,
             signals_blocked: facts.signals_blocked,

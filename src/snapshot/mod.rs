@@ -15,6 +15,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct ThreadInfo {
     pub tid: i32,
+    /// The thread id inside the process's own pid namespace (the one its
+    /// core's notes carry); `tid` unless the process is in a container.
+    pub tid_inside: i32,
     pub registers: ThreadRegisters,
     pub signals_pending: u64,
     pub signals_blocked: u64,

@@ -60,6 +60,11 @@ impl ThreadRegisters {
     pub fn stack_pointer(&self) -> u64 {
         self.general[reg::RSP]
     }
+
+    /// The floating-point state is known (`pr_fpvalid`).
+    pub fn fp_valid(&self) -> bool {
+        self.fpregs.is_some()
+    }
 }
 
 /// Reads every register set of a ptrace-stopped thread. Must be called on

@@ -60,6 +60,9 @@ fn dump_as(pid: i32, dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
         core.display()
     );
     assert_running_untraced(pid);
+    if !compressed {
+        assert_loads_in_gdb(pid, &core, &thread_ids(pid));
+    }
     core
 }
 
@@ -386,6 +389,7 @@ fn unpack_is_sparse() {
     zstd_d(&zst, &dense, &["--no-sparse"]);
     let zstd_sparse = dir.join("zstd-sparse");
     zstd_d(&zst, &zstd_sparse, &[]);
+    assert_loads_in_gdb(t.pid, &unpacked, &thread_ids(t.pid));
     let len = fs::metadata(&unpacked).unwrap().len();
     assert_eq!(len, fs::metadata(&dense).unwrap().len());
     assert!(
@@ -543,6 +547,7 @@ fn compressed_stream_with_manifest() {
     assert_verified(&out_path);
     let restored = dir.join("restored");
     zstd_d(&out_path, &restored, &[]);
+    assert_loads_in_gdb(t.pid, &restored, &thread_ids(t.pid));
     let value = manifest_of(&out_path);
     assert_eq!(
         value["core"]["length"],

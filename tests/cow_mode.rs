@@ -163,6 +163,11 @@ fn seccomp_target_falls_back_or_fails_cleanly() {
         lenient.stdout
     );
     assert_running_untraced(target.pid);
+    assert_loads_in_gdb(
+        target.pid,
+        &scratch.path().join(format!("lenient.{}", target.pid)),
+        &thread_ids(target.pid),
+    );
 }
 
 /// SIGKILL of coresnap in the middle of a copy-on-write dump: the clone dies

@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    DEBUGGER_TIMEOUT, Program, build, gdb_core_command, run_with_timeout, spawn_reader, wait_until,
+    DEBUGGER_TIMEOUT, Program, build, gdb_core_command, parse_x_words, run_with_timeout,
+    spawn_reader, wait_until,
 };
 
 /// How long any single coresnap run may take before the test kills it.
@@ -1094,6 +1095,13 @@ fn threads_created_and_joined_while_attaching() {
             "round {round}: long-lived threads {stable:?} missing from {threads:?}"
         );
         *counts.entry(threads.len()).or_insert(0) += 1;
+        if round % 10 == 9 {
+            assert_eq!(
+                gdb_threads(&build(Program::Busy), &core),
+                unique,
+                "round {round}: gdb's threads"
+            );
+        }
         clear_dir(dir.path());
         target.assert_alive();
         // The long-lived threads run untraced again; the short-lived ones
@@ -1546,7 +1554,7 @@ fn check_mapped_names(names: &[&[u8]]) {
     let args: Vec<&OsStr> = paths.iter().map(|(p, _)| p.as_os_str()).collect();
     let target = Target::start(Program::MapNames, &args);
     let before = state_of(target.pid, None);
-    let (prefix, core) = prefix_and_core(dir.path(), target.pid);
+    let (prefix, core_path) = prefix_and_core(dir.path(), target.pid);
     // Bit 2: dump private file mappings whole, so their bytes can be compared.
     let run = coresnap(&[
         os("--filter"),
@@ -1557,7 +1565,7 @@ fn check_mapped_names(names: &[&[u8]]) {
     ]);
     assert_eq!(run.code(), Some(0), "{run:?}");
     assert_state_is(target.pid, None, &before, "after dumping");
-    let core = Core::read(&core);
+    let core = Core::read(&core_path);
     let files_note = core.files();
     for (i, (path, content)) in paths.iter().enumerate() {
         let start = target.addr(&format!("map{i}"));
@@ -1583,6 +1591,19 @@ fn check_mapped_names(names: &[&[u8]]) {
             .segment(start)
             .unwrap_or_else(|| panic!("no PT_LOAD at {start:#x}"));
         assert_eq!(&bytes[..content.len()], &content[..], "memory of {path:?}");
+    }
+    // gdb loads it and reads each file's first bytes from the core.
+    let commands: Vec<String> = (0..paths.len())
+        .map(|i| format!("x/1xb {:#x}", target.addr(&format!("map{i}"))))
+        .collect();
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let out = gdb_batch(&build(Program::MapNames), &core_path, &commands);
+    for (i, (_, content)) in paths.iter().enumerate() {
+        let start = target.addr(&format!("map{i}"));
+        assert!(
+            out.contains(&format!("{start:#x}:\t{:#04x}", content[0])),
+            "gdb's byte at {start:#x} (file {i}):\n{out}"
+        );
     }
 }
 
@@ -1855,6 +1876,7 @@ fn permission_denied_for_a_process_that_is_not_dumpable() {
     let run = coresnap(&[os("-o"), prefix, os(target.pid.to_string())]);
     assert_eq!(run.code(), Some(0), "{run:?}");
     assert_eq!(Core::read(&core).thread_ids().len(), stable.len());
+    assert_eq!(gdb_threads(&build(Program::Busy), &core), stable);
     target.assert_alive();
     assert_state_is(
         target.pid,
@@ -2257,7 +2279,7 @@ fn memory_shared_with_a_parent_stays_shared() {
     let pages = target.num("mem_len") as u64 / 4096;
     for extra in [None, Some("--no-ptrace")] {
         let before = private_kb(child);
-        let (prefix, core) = prefix_and_core(dir.path(), child);
+        let (prefix, core_path) = prefix_and_core(dir.path(), child);
         let mut args = vec![os("-o"), prefix, os(child.to_string())];
         args.extend(extra.map(os));
         let run = coresnap(&args);
@@ -2267,13 +2289,23 @@ fn memory_shared_with_a_parent_stays_shared() {
             after < before + 4096,
             "{extra:?}: the worker's private memory grew from {before} kB to {after} kB: the dump copied pages it shared with its parent"
         );
-        let core = Core::read(&core);
+        let core = Core::read(&core_path);
         let segment = core.segment(mem).expect("a segment for the shared memory");
         for page in [0, pages / 2, pages - 1] {
             let at = (page * 4096) as usize;
             let word = u64::from_le_bytes(segment[at..at + 8].try_into().unwrap());
             assert_eq!(word, 0xF0F0_0000_0000_0000 | page, "{extra:?}: page {page}");
         }
+        let out = gdb_batch(
+            &build(Program::Forked),
+            &core_path,
+            &[&format!("x/1gx {:#x}", mem + (pages - 1) * 4096)],
+        );
+        assert_eq!(
+            parse_x_words(&out),
+            Ok(vec![0xF0F0_0000_0000_0000 | (pages - 1)]),
+            "{extra:?}: gdb reads the last shared page:\n{out}"
+        );
         assert_state_is(child, None, &running_untraced(&only_child), "after");
         clear_dir(dir.path());
     }

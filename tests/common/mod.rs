@@ -505,6 +505,22 @@ pub fn parse_hex(s: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------
 
 /// The tids in /proc/PID/task, ascending.
+/// `tid` as the target numbers it in its own pid namespace (the last
+/// `NSpid` value).
+pub fn tid_inside(pid: i32, tid: i32) -> i32 {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(tid)
+}
+
 pub fn thread_ids(pid: i32) -> Vec<i32> {
     let mut v: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap_or_else(|e| panic!("reading /proc/{pid}/task: {e}"))
@@ -667,7 +683,11 @@ impl Dumper {
 /// Dumps `pid` with `dumper` as `TOOL [extra_args] -o DIR/PREFIX PID` (PREFIX
 /// unique per call) and returns the core's path, `DIR/PREFIX.PID`. Panics if
 /// the tool fails, times out, or writes no file there.
+///
+/// Every core made here is loaded in gdb, which must list exactly the
+/// threads the target had ([`assert_loads_in_gdb`]).
 pub fn dump(dumper: Dumper, pid: i32, dir: &Path, extra_args: &[&str]) -> PathBuf {
+    let threads = thread_ids(pid);
     let prefix = dir.join(format!("{}-{}", dumper.name(), unique()));
     let mut cmd = Command::new(dumper.program());
     cmd.args(extra_args)
@@ -688,7 +708,28 @@ pub fn dump(dumper: Dumper, pid: i32, dir: &Path, extra_args: &[&str]) -> PathBu
         )
     });
     assert!(meta.len() > 0, "{} is empty", core.display());
+    assert_loads_in_gdb(pid, &core, &threads);
     core
+}
+
+/// Loads `core` in gdb, with the live target's executable (through
+/// `/proc/PID/exe`, which also works for a target in another mount
+/// namespace), and checks that gdb lists exactly `threads` (as the target
+/// numbers them in its own pid namespace, as a kernel core does): the least
+/// every dump test asks of a core.
+pub fn assert_loads_in_gdb(pid: i32, core: &Path, threads: &[i32]) {
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let out = run_gdb(&exe, core, &["info threads"]);
+    let mut listed: Vec<i32> = parse_info_threads(&out).iter().map(|r| r.lwp).collect();
+    listed.sort_unstable();
+    let mut expected: Vec<i32> = threads.iter().map(|&t| tid_inside(pid, t)).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        listed,
+        expected,
+        "gdb's threads in {}:\n{out}",
+        core.display()
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -11,13 +11,14 @@ import csv
 import datetime
 import sys
 
-TARGET_ORDER = ["sparse", "dense", "maps", "small", "python"]
+TARGET_ORDER = ["sparse", "dense", "maps", "small", "reservation", "python"]
 TARGET_TITLE = {
     "sparse": "(a) sparse",
     "dense": "(b) dense",
     "maps": "(c) many mappings",
     "small": "(d) small, 8 threads",
     "python": "(e) python dict",
+    "reservation": "(f) 1 TiB reservation",
 }
 TOOL_ORDER = [
     "(no dump, 1 s idle)",
@@ -26,12 +27,13 @@ TOOL_ORDER = [
     "elfcore",
     "kernel",
     "coresnap",
+    "coresnap-nomanifest",
     "coresnap-cow",
     "coresnap -o - (to a pipe)",
     "coresnap -o - (to /dev/null)",
 ]
 COMPARED = ["gcore", "elfcore", "kernel"]
-OURS = ["coresnap", "coresnap-cow"]
+OURS = ["coresnap", "coresnap-nomanifest", "coresnap-cow"]
 MIB = 1024 * 1024
 
 
@@ -65,24 +67,32 @@ def fmt_ratio(a, b):
     return f"{r:.3f}" if r < 0.1 else f"{r:.2f}"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--raw", required=True)
-    ap.add_argument("--machine")
-    ap.add_argument("--skipped")
-    ap.add_argument("--targets")
-    a = ap.parse_args()
 
-    with open(a.raw, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+class Results:
+    """The raw rows of one run, grouped by (target, tool)."""
 
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["target"], r["tool"]), []).append(r)
+    def __init__(self, raw_path):
+        with open(raw_path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        self.groups = {}
+        for r in rows:
+            self.groups.setdefault((r["target"], r["tool"]), []).append(r)
+        present = [t for t in TARGET_ORDER if any(k[0] == t for k in self.groups)]
+        present += sorted({k[0] for k in self.groups} - set(present))
+        self.targets = present
+        # Streaming rows carry no size for /dev/null: borrow the pipe's count.
+        for t in present:
+            pipe = self.best(t, "coresnap -o - (to a pipe)")
+            if pipe and pipe.get("logical"):
+                for r in self.groups.get((t, "coresnap -o - (to /dev/null)")) or []:
+                    if not r["logical_bytes"]:
+                        r["logical_bytes"] = str(int(pipe["logical"]))
 
-    def best(target, tool):
-        """Summary of one (target, tool): dict or None if nothing ran."""
-        rs = groups.get((target, tool))
+    def best(self, target, tool):
+        """Summary of one (target, tool): dict or None if nothing ran. The
+        best (lowest) wall time over the successful rounds, with the size and
+        pause of that same round, and the worst pause over all rounds."""
+        rs = self.groups.get((target, tool))
         if not rs:
             return None
         ok = [r for r in rs if r["status"] == "ok"]
@@ -112,17 +122,17 @@ def main():
             out.update(wall=None, disk=None, logical=None, pause=None)
         return out
 
-    targets_present = [t for t in TARGET_ORDER if any(k[0] == t for k in groups)]
-    targets_present += sorted({k[0] for k in groups} - set(targets_present))
 
-    # Streaming rows carry no size for /dev/null: borrow the pipe's count.
-    for t in targets_present:
-        for rs in (groups.get((t, "coresnap -o - (to /dev/null)")) or [],):
-            pipe = best(t, "coresnap -o - (to a pipe)")
-            if pipe and pipe.get("logical"):
-                for r in rs:
-                    if not r["logical_bytes"]:
-                        r["logical_bytes"] = str(int(pipe["logical"]))
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--machine")
+    ap.add_argument("--skipped")
+    ap.add_argument("--targets")
+    a = ap.parse_args()
+
+    res = Results(a.raw)
+    groups, best, targets_present = res.groups, res.best, res.targets
 
     out = []
     w = out.append

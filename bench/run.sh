@@ -22,13 +22,18 @@ usage() {
 usage: bench/run.sh [options]
   --smoke              tiny sizes (seconds, not minutes); for testing the script
   --rounds N           rounds per tool and target; the best is reported (default 2)
-  --targets LIST       comma list from: sparse,dense,maps,small,python
-                       (default: sparse,dense,maps,small)
+  --targets LIST       comma list from: sparse,dense,maps,small,reservation,python
+                       (default: sparse,dense,maps,small,reservation)
   --python             add the python target to the list
-  --tools LIST         comma list from: gcore,coresnap,coresnap-cow,elfcore,kernel,stream,
+  --tools LIST         comma list from: gcore,coresnap,coresnap-nomanifest,coresnap-cow,
+                       elfcore,kernel,stream,triage,
                        coresnap-zN (coresnap --compress=N, any zstd level N)
                        (default: all, with coresnap-z1 and coresnap-z3;
-                       'stream' = coresnap -o - on the dense target)
+                       'coresnap' is exactly what a user types: coresnap -o PREFIX PID,
+                       manifest and hashes on; 'coresnap-nomanifest' adds --no-manifest;
+                       'stream' = coresnap -o - on the dense target;
+                       'triage' = coresnap inspect --backtrace against eu-stack
+                       on the small target's core, plain and .zst)
   --timeout SEC        give up on one dump after SEC seconds (default 300)
   --workdir DIR        parent of the scratch dir for cores (default: bench/.scratch,
                        i.e. the repository's filesystem)
@@ -49,14 +54,18 @@ neither.
 Sizes can be overridden with environment variables (full-size defaults):
   SPARSE_RESERVE=4G SPARSE_STRIDE=4M SPARSE_DENSE=64M DENSE_SIZE=2G
   MAPS_COUNT=30000 MAPS_PAGES=4 SMALL_THREADS=8 SMALL_SIZE=56M PY_SIZE=1G
+  RES_RESERVE=1T RES_STRIDE=1G (the reservation target: one page touched per
+  stride; gcore and elfcore get one round with RES_TIMEOUT=60 s, the kernel
+  RES_KERNEL_ROUNDS=1, since they write every byte of the reservation)
 EOF
 }
 
 # ---------------------------------------------------------------- options
 ROUNDS=2
-TARGETS=sparse,dense,maps,small
+TARGETS=sparse,dense,maps,small,reservation
 WANT_PYTHON=0
-TOOLS=gcore,coresnap,coresnap-cow,elfcore,kernel,stream,coresnap-z1,coresnap-z3
+TOOLS=gcore,coresnap,coresnap-nomanifest,coresnap-cow,elfcore,kernel,stream,triage,coresnap-z1,coresnap-z3
+ARGS="$*"
 TIMEOUT=300
 WORKPARENT=$BENCH/.scratch
 OUT=
@@ -89,10 +98,12 @@ if [ "$SMOKE" = 1 ]; then
     : "${SPARSE_RESERVE:=256M}" "${SPARSE_STRIDE:=4M}" "${SPARSE_DENSE:=8M}"
     : "${DENSE_SIZE:=64M}" "${MAPS_COUNT:=2000}" "${MAPS_PAGES:=4}"
     : "${SMALL_THREADS:=8}" "${SMALL_SIZE:=16M}" "${PY_SIZE:=64M}"
+    : "${RES_RESERVE:=16G}" "${RES_STRIDE:=1G}" "${RES_TIMEOUT:=20}"
 fi
 : "${SPARSE_RESERVE:=4G}" "${SPARSE_STRIDE:=4M}" "${SPARSE_DENSE:=64M}"
 : "${DENSE_SIZE:=2G}" "${MAPS_COUNT:=30000}" "${MAPS_PAGES:=4}"
 : "${SMALL_THREADS:=8}" "${SMALL_SIZE:=56M}" "${PY_SIZE:=1G}"
+: "${RES_RESERVE:=1T}" "${RES_STRIDE:=1G}" "${RES_TIMEOUT:=60}" "${RES_KERNEL_ROUNDS:=1}"
 
 has_tool() { [[ ",$TOOLS," == *,"$1",* ]]; }
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -204,13 +215,16 @@ IFS=, read -r -a _tools <<< "$TOOLS"
 for tool in "${_tools[@]}"; do
     [[ $tool =~ ^coresnap-z-?[0-9]+$ ]] && ZTOOLS+=("$tool")
 done
-for tool in gcore coresnap coresnap-cow elfcore kernel stream; do
+for tool in gcore coresnap coresnap-nomanifest coresnap-cow elfcore kernel stream triage; do
     has_tool "$tool" || SKIP[$tool]="not selected (--tools)"
 done
+if [ -z "${SKIP[triage]:-}" ] && ! command -v eu-stack > /dev/null; then
+    SKIP[triage]="eu-stack not found in PATH (elfutils)"
+fi
 if [ -z "${SKIP[gcore]:-}" ] && ! command -v gcore > /dev/null; then
     SKIP[gcore]="gcore not found in PATH"
 fi
-for tool in coresnap coresnap-cow stream "${ZTOOLS[@]}"; do
+for tool in coresnap coresnap-nomanifest coresnap-cow stream triage "${ZTOOLS[@]}"; do
     [ -n "${SKIP[$tool]:-}" ] && continue
     if [ -n "$CORESNAP_SKIP" ]; then SKIP[$tool]=$CORESNAP_SKIP
     elif [ ! -x "$CORESNAP" ]; then SKIP[$tool]="no binary at $CORESNAP"
@@ -224,7 +238,7 @@ elif ! printf '%s' "$msg" | grep -q -- '-o'; then
     CORESNAP_SKIP="'coresnap --help' does not document -o (said: $(printf '%s' "$msg" | grep -m1 . | cut -c1-60))"
 fi
 if [ -n "$CORESNAP_SKIP" ]; then
-    for tool in coresnap coresnap-cow stream "${ZTOOLS[@]}"; do
+    for tool in coresnap coresnap-nomanifest coresnap-cow stream triage "${ZTOOLS[@]}"; do
         [ -n "${SKIP[$tool]:-}" ] || SKIP[$tool]=$CORESNAP_SKIP
     done
 fi
@@ -254,7 +268,7 @@ if [ -z "${SKIP[kernel]:-}" ]; then
         SKIP[kernel]="cannot raise ulimit -c"
     fi
 fi
-for tool in gcore coresnap coresnap-cow elfcore kernel stream "${ZTOOLS[@]}"; do
+for tool in gcore coresnap coresnap-nomanifest coresnap-cow elfcore kernel stream triage "${ZTOOLS[@]}"; do
     if [ -n "${SKIP[$tool]:-}" ] && has_tool "$tool"; then
         log "SKIP $tool: ${SKIP[$tool]}"
     fi
@@ -275,6 +289,7 @@ target_cmd() { # NAME REPORTFILE -> prints nothing, sets CMD array
         dense) CMD=("$BIN/dense" "$2" "$DENSE_SIZE") ;;
         maps) CMD=("$BIN/maps" "$2" "$MAPS_COUNT" "$MAPS_PAGES") ;;
         small) CMD=("$BIN/small" "$2" "$SMALL_THREADS" "$SMALL_SIZE") ;;
+        reservation) CMD=("$BIN/sparse" "$2" "$RES_RESERVE" "$RES_STRIDE" 0) ;;
         python) CMD=("$PYTHON" "$BENCH/targets/pyheap.py" "$2" "$PY_SIZE") ;;
         *) echo "unknown target $1" >&2; exit 2 ;;
     esac
@@ -398,10 +413,11 @@ target_state_note() { # PID
 dump_cmd() { # TOOL PID PREFIX -> command string
     case "$1" in
         gcore) printf 'exec gcore -o %q %q' "$3" "$2" ;;
-        # Like gcore, elfcore and the kernel: the core alone. The manifest's
-        # hashing (after the target is released) is measured with -z.
-        coresnap) printf 'exec %q --no-manifest -o %q %q' "$CORESNAP" "$3" "$2" ;;
-        coresnap-cow) printf 'exec %q --no-manifest --mode cow -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        # What a user types: the core, its manifest and hashes. The core
+        # alone, like gcore, elfcore and the kernel, is coresnap-nomanifest.
+        coresnap) printf 'exec %q -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        coresnap-nomanifest) printf 'exec %q --no-manifest -o %q %q' "$CORESNAP" "$3" "$2" ;;
+        coresnap-cow) printf 'exec %q --mode cow -o %q %q' "$CORESNAP" "$3" "$2" ;;
         coresnap-z*) printf 'exec %q --compress=%s -o %q %q' "$CORESNAP" "${1#coresnap-z}" "$3" "$2" ;;
         elfcore) printf 'exec %q %q %q' "$ELFCORE" "$2" "$3.$2" ;;
     esac
@@ -498,6 +514,34 @@ measure_floor() { # TARGET ROUND
 }
 FLOOR_TOOL="(write floor: dd of the touched bytes)"
 
+# Triage: how long a first look at a core takes, coresnap's own reader
+# against eu-stack on the same core, plain and compressed.
+TRIAGE_DIR=
+triage_prepare() { # PID
+    TRIAGE_DIR=$WORK/triage
+    mkdir -p "$TRIAGE_DIR"
+    timed "$(printf 'exec %q -o %q %q && exec %q -z -o %q %q' "$CORESNAP" "$TRIAGE_DIR/core" "$1" \
+        "$CORESNAP" "$TRIAGE_DIR/core" "$1")"
+    TRIAGE_CORE=$TRIAGE_DIR/core.$1
+    [ "$RC" = 0 ] && [ -f "$TRIAGE_CORE" ] && [ -f "$TRIAGE_CORE.zst" ]
+}
+measure_triage() { # TARGET ROUND
+    local target=$1 round=$2 tool cmd status note
+    for tool in "triage: eu-stack --core" "triage: coresnap inspect --backtrace" \
+        "triage: coresnap inspect --backtrace (.zst)"; do
+        case "$tool" in
+            *eu-stack*) cmd=$(printf 'exec eu-stack --core=%q > /dev/null' "$TRIAGE_CORE") ;;
+            *.zst*) cmd=$(printf 'exec %q inspect --backtrace %q > /dev/null' "$CORESNAP" "$TRIAGE_CORE.zst") ;;
+            *) cmd=$(printf 'exec %q inspect --backtrace %q > /dev/null' "$CORESNAP" "$TRIAGE_CORE") ;;
+        esac
+        timed "$cmd"
+        note=
+        if [ "$RC" = 0 ]; then status=ok; else status=FAIL; note=$(last_error); fi
+        row "$target" "$tool" "$round" "$status" "$WALL" "" "" "" "$note"
+        log "$target/$tool round $round: $status ${WALL}s $note"
+    done
+}
+
 measure_kernel() { # TARGET ROUND
     local target=$1 round=$2 pid file status note= disk= logical=
     mkdir -p "$WORK/kcore"
@@ -556,15 +600,17 @@ machine_info() {
         echo "| coresnap | $("$CORESNAP" --version 2>/dev/null | head -1 || true) at $CORESNAP, repo $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit') |"
         echo "| elfcore crate | $(awk '/^name = "elfcore"$/ { getline; print $3 }' "$BENCH/elfcore-dump/Cargo.lock" 2>/dev/null | tr -d '"') |"
         echo "| rustc | $(rustc --version 2>/dev/null) |"
+        echo "| Commit | $(cd "$REPO" && git rev-parse HEAD 2>/dev/null || echo 'no commit')$(cd "$REPO" && [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] && echo ' with uncommitted changes in src/ or Cargo.*') |"
+        echo "| Command | \`bench/run.sh $ARGS\` |"
         echo "| Load average at start | $(cut -d' ' -f1-3 /proc/loadavg) |"
         echo "| Rounds | $ROUNDS (best reported), per-dump timeout ${TIMEOUT}s |"
-        echo "| Sizes | sparse $SPARSE_RESERVE reserved, 1 page per $SPARSE_STRIDE + $SPARSE_DENSE dense; dense $DENSE_SIZE; maps $MAPS_COUNT x $MAPS_PAGES pages; small $SMALL_THREADS threads $SMALL_SIZE; python $PY_SIZE |"
+        echo "| Sizes | sparse $SPARSE_RESERVE reserved, 1 page per $SPARSE_STRIDE + $SPARSE_DENSE dense; dense $DENSE_SIZE; maps $MAPS_COUNT x $MAPS_PAGES pages; small $SMALL_THREADS threads $SMALL_SIZE; python $PY_SIZE; reservation $RES_RESERVE reserved, 1 page per $RES_STRIDE |"
     } > "$MACHINE"
 }
 machine_info
 
 # ---------------------------------------------------------------- main loop
-BASE_TOOLS=(gcore coresnap coresnap-cow elfcore "${ZTOOLS[@]}")
+BASE_TOOLS=(gcore coresnap coresnap-nomanifest coresnap-cow elfcore "${ZTOOLS[@]}")
 declare -A DESC
 IFS=, read -r -a TARGET_LIST <<< "$TARGETS"
 log "work dir $WORK; targets: ${TARGET_LIST[*]}; rounds: $ROUNDS"
@@ -588,6 +634,15 @@ for target in "${TARGET_LIST[@]}"; do
         fi
         for tool in "${order[@]}"; do
             [ -n "${SKIP[$tool]:-}" ] && continue
+            if [ "$target" = reservation ] && { [ "$tool" = gcore ] || [ "$tool" = elfcore ]; }; then
+                # They write every byte of the reservation: one round, a
+                # shorter timeout, and the table says how far they got.
+                [ "$round" = 1 ] || continue
+                TIMEOUT_SAVED=$TIMEOUT; TIMEOUT=$RES_TIMEOUT
+                measure_attach_tool "$target" "$tool" "$round" "$pid" "$rep"
+                TIMEOUT=$TIMEOUT_SAVED
+                continue
+            fi
             measure_attach_tool "$target" "$tool" "$round" "$pid" "$rep"
         done
         measure_floor "$target" "$round"
@@ -596,9 +651,18 @@ for target in "${TARGET_LIST[@]}"; do
             measure_stream "$target" "$round" "$pid" "$rep" devnull
         fi
     done
+    if [ "$target" = small ] && [ -z "${SKIP[triage]:-}" ]; then
+        if triage_prepare "$pid"; then
+            for ((round = 1; round <= ROUNDS; round++)); do measure_triage "$target" "$round"; done
+        else
+            row "$target" "triage: eu-stack --core" 1 FAIL "" "" "" "" "could not write the cores to triage: $(last_error)"
+        fi
+    fi
     stop_target "$pid"
     if [ -z "${SKIP[kernel]:-}" ]; then
-        for ((round = 1; round <= ROUNDS; round++)); do
+        kernel_rounds=$ROUNDS
+        [ "$target" = reservation ] && kernel_rounds=$RES_KERNEL_ROUNDS
+        for ((round = 1; round <= kernel_rounds; round++)); do
             measure_kernel "$target" "$round"
         done
     fi
@@ -607,7 +671,7 @@ done
 # ---------------------------------------------------------------- report
 echo "| Load average at end | $(cut -d' ' -f1-3 /proc/loadavg) |" >> "$MACHINE"
 {
-    for tool in gcore coresnap coresnap-cow elfcore kernel stream "${ZTOOLS[@]}"; do
+    for tool in gcore coresnap coresnap-nomanifest coresnap-cow elfcore kernel stream triage "${ZTOOLS[@]}"; do
         if [ -n "${SKIP[$tool]:-}" ] && has_tool "$tool"; then
             printf '%s\t%s\n' "$tool" "${SKIP[$tool]}"
         fi

@@ -150,6 +150,7 @@ size_t parse_size(const char *s)
         exit(2);
     }
     switch (*end) {
+    case 'T': case 't': v <<= 40; break;
     case 'G': case 'g': v <<= 30; break;
     case 'M': case 'm': v <<= 20; break;
     case 'K': case 'k': v <<= 10; break;

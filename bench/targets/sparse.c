@@ -3,6 +3,10 @@
  * one page per stride is populated, plus a block of dense (non-zero) data.
  *
  *   sparse REPORT_FILE [RESERVE=4G] [STRIDE=4M] [DENSE=64M]
+ *
+ * With RESERVE=1T STRIDE=1G DENSE=0 it is the "reservation" target: address
+ * space reserved up front and barely used, as JVM heaps, Go arenas and
+ * sanitizer shadow memory are.
  */
 #define _GNU_SOURCE
 #include "heartbeat.h"
@@ -38,11 +42,13 @@ int main(int argc, char **argv)
         touched += page;
     }
 
-    unsigned char *d = mmap(NULL, dense, PROT_READ | PROT_WRITE,
-                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (d == MAP_FAILED) { perror("mmap dense"); return 1; }
-    fill_pattern(d, dense);
-    touched += dense;
+    if (dense > 0) {
+        unsigned char *d = mmap(NULL, dense, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (d == MAP_FAILED) { perror("mmap dense"); return 1; }
+        fill_pattern(d, dense);
+        touched += dense;
+    }
 
     hb_ready("sparse", touched);
     hb_idle_forever();

@@ -176,3 +176,74 @@ pub fn process_notes(first_thread: &ThreadRegisters) -> Vec<Note> {
     let desc = xstate::xsave_layout_note(&xstate::XsaveLayout::gdb_standard(), xcr0);
     vec![Note::new(NAME_LINUX, xstate::NT_X86_XSAVE_LAYOUT, desc)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::xstate::{GDB_KNOWN_FEATURES, XCR0_OFFSET, XSTATE_BV_OFFSET, XsaveLayout};
+    use super::*;
+
+    /// The XSAVE note of a captured thread is converted from the layout of
+    /// the CPU running coresnap (CPUID leaf 0xD) into gdb's: an area laid
+    /// out as this CPU lays it out comes out with every component where gdb
+    /// reads it. On an AMD CPU with AVX-512 (Zen 4/5) components 5-7 move;
+    /// on Intel they stay.
+    #[test]
+    fn register_notes_convert_from_the_running_cpus_layout() {
+        let native = native_layout();
+        assert_eq!(*native, XsaveLayout::from_cpuid());
+        let gdb = XsaveLayout::gdb_standard();
+        let enabled = native
+            .components()
+            .fold(0u64, |bits, (index, _, _)| bits | 1 << index)
+            & GDB_KNOWN_FEATURES;
+        let end = native
+            .components()
+            .map(|(_, offset, size)| (offset + size) as usize)
+            .max()
+            .unwrap_or(0)
+            .max(576);
+        let mut area = vec![0u8; end];
+        area[XCR0_OFFSET..XCR0_OFFSET + 8].copy_from_slice(&enabled.to_le_bytes());
+        area[XSTATE_BV_OFFSET..XSTATE_BV_OFFSET + 8].copy_from_slice(&enabled.to_le_bytes());
+        let extended = || native.components().filter(|&(i, ..)| i >= 2);
+        for (index, offset, size) in extended() {
+            let (offset, size) = (offset as usize, size as usize);
+            for (i, byte) in area[offset..offset + size].iter_mut().enumerate() {
+                *byte = (index as usize * 37 + i % 251) as u8;
+            }
+        }
+        let regs = ThreadRegisters {
+            general: [0; GENERAL_REGISTER_COUNT],
+            fpregs: Some(vec![0; FXSAVE_LEN]),
+            xstate: Some(area.clone()),
+        };
+        let notes = register_notes(&regs);
+        let written = &notes
+            .iter()
+            .find(|n| n.kind == NT_X86_XSTATE)
+            .expect("an NT_X86_XSTATE note")
+            .desc;
+
+        let mut moved = Vec::new();
+        for (index, offset, size) in extended().filter(|&(i, ..)| enabled & 1 << i != 0) {
+            let (to, _) = gdb.component(index).unwrap();
+            let (from, to, size) = (offset as usize, to as usize, size as usize);
+            assert_eq!(
+                written[to..to + size],
+                area[from..from + size],
+                "component {index}: native offset {from}, gdb offset {to}"
+            );
+            if from != to {
+                moved.push(format!("{index}: {from} -> {to}"));
+            }
+        }
+        eprintln!(
+            "this CPU's XSAVE layout vs Intel's: {}",
+            if moved.is_empty() {
+                "the same, nothing moves".to_string()
+            } else {
+                format!("components moved {moved:?}")
+            }
+        );
+    }
+}

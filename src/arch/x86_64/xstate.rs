@@ -5,8 +5,8 @@
 //! component sits is whatever CPUID leaf 0xD says on the machine that ran the
 //! process. gdb up to and including 13 ignores that: it derives the section
 //! size from XCR0 alone and reads every component at Intel's offsets. AMD
-//! parts place PKRU (and, on Zen 4, AVX-512) elsewhere and have no MPX hole,
-//! so a kernel-format area from them is "too small" for gdb 13 and its
+//! parts place PKRU (and, on Zen 4 and 5, AVX-512) elsewhere and have no MPX
+//! hole, so a kernel-format area from them is "too small" for gdb 13 and its
 //! registers are dropped. gdb 14 and later guess the layout from
 //! (XCR0, section size), and those guesses include the Intel sizes, so an
 //! area in the Intel layout is read correctly by every gdb version.
@@ -429,8 +429,8 @@ mod tests {
             .with_component(7, 1408, 1024)
     }
 
-    /// This development machine (Intel, AVX-512 + AMX, no PKU exposed), as
-    /// CPUID leaf 0xD reports it.
+    /// An Intel machine with AVX-512 and AMX (no PKU exposed), as its CPUID
+    /// leaf 0xD reported it.
     fn intel_amx() -> XsaveLayout {
         XsaveLayout::new()
             .with_component(2, 576, 256)
@@ -541,7 +541,7 @@ mod tests {
             (0x1b, 1088),    // x87+SSE+MPX (Goldmont: MPX without AVX)
             (0xb, 1088),     // one MPX bit is enough
             (0x1f, 1088),    // AVX+MPX
-            (0xe7, 2688),    // AVX-512 (this machine, AMX masked)
+            (0xe7, 2688),    // AVX-512 (AMD Zen 4/5; Intel with AMX masked)
             (0x27, 2688),    // any AVX-512 bit is enough
             (0xff, 2688),    // AVX+MPX+AVX-512 (Skylake-SP)
             (0x207, 2696),   // AMD Zen 1-3: AVX+PKRU
@@ -661,8 +661,8 @@ mod tests {
         assert_eq!(gdb.component(u32::MAX), None);
     }
 
-    /// Records as Linux 6.18 wrote them in a core dump on this machine
-    /// (XCR0 0x600e7): extended components only, ascending, flags 0.
+    /// Records as Linux 6.18 wrote them in a core dump on that Intel AMX
+    /// machine (XCR0 0x600e7): extended components only, ascending, flags 0.
     #[test]
     fn layout_note_matches_kernel_encoding() {
         let desc = xsave_layout_note(&intel_amx(), 0x600e7);
@@ -790,5 +790,215 @@ mod tests {
             assert_eq!(layout.component(17).map(|c| c.1), Some(64));
             assert_eq!(layout.component(18).map(|c| c.1), Some(8192));
         }
+    }
+
+    // The AMD Zen 5 fixture (testdata/fixtures/xsave-amd-zen5/): the
+    // NT_X86_XSTATE and NT_X86_XSAVE_LAYOUT notes Linux 6.18 wrote in its own
+    // core of a process that had loaded known values into every AVX-512
+    // register, and CPUID leaf 0xD of that CPU.
+    const ZEN5_XSTATE: &[u8] =
+        include_bytes!("../../../testdata/fixtures/xsave-amd-zen5/nt_x86_xstate.bin");
+    const ZEN5_LAYOUT_NOTE: &[u8] =
+        include_bytes!("../../../testdata/fixtures/xsave-amd-zen5/nt_x86_xsave_layout.bin");
+    const ZEN5_CPUID: &str = include_str!("../../../testdata/fixtures/xsave-amd-zen5/cpuid.txt");
+
+    /// Lane `lane` (0..8) of zmm`reg` as `known_regs.c` loads it.
+    fn known_zmm_lane(reg: usize, lane: usize) -> u64 {
+        0x5a00_0000_0000_0000 | ((reg as u64) << 8) | lane as u64
+    }
+
+    /// k`n` as `known_regs.c` loads it.
+    fn known_k(n: usize) -> u64 {
+        0x4b00_0000_0000_0000 | (0x11 * (n as u64 + 1))
+    }
+
+    /// r12 in `known_regs.c`: a general register, so it must not turn up
+    /// anywhere in an XSAVE area.
+    const KNOWN_R12: u64 = 0x1234_5678_90ab_cdef;
+
+    /// Offsets of the components holding AVX and AVX-512 state.
+    #[derive(Debug)]
+    struct VectorPlaces {
+        avx: usize,
+        opmask: usize,
+        zmm_hi256: usize,
+        hi16_zmm: usize,
+    }
+
+    /// Intel's fixed offsets (SDM vol. 1, 13.4; gdb 13's `i387-tdep.c`),
+    /// written out here rather than taken from `gdb_standard`.
+    const INTEL_PLACES: VectorPlaces = VectorPlaces {
+        avx: 576,
+        opmask: 1088,
+        zmm_hi256: 1152,
+        hi16_zmm: 1664,
+    };
+
+    /// The Zen 5 CPU of the fixture, from its README's table.
+    const ZEN5_PLACES: VectorPlaces = VectorPlaces {
+        avx: 576,
+        opmask: 832,
+        zmm_hi256: 896,
+        hi16_zmm: 1408,
+    };
+
+    impl VectorPlaces {
+        /// Byte offset of 64-bit lane `lane` of zmm`reg`: lanes 0-1 of
+        /// zmm0-15 are xmm in the legacy region, lanes 2-3 the AVX upper
+        /// half, lanes 4-7 ZMM_Hi256; zmm16-31 sit whole in Hi16_ZMM.
+        fn zmm_lane(&self, reg: usize, lane: usize) -> usize {
+            match (reg, lane) {
+                (0..16, 0..2) => 160 + 16 * reg + 8 * lane,
+                (0..16, 2..4) => self.avx + 16 * reg + 8 * (lane - 2),
+                (0..16, 4..8) => self.zmm_hi256 + 32 * reg + 8 * (lane - 4),
+                (16..32, 0..8) => self.hi16_zmm + 64 * (reg - 16) + 8 * lane,
+                _ => panic!("zmm{reg} has no lane {lane}"),
+            }
+        }
+
+        fn k(&self, n: usize) -> usize {
+            self.opmask + 8 * n
+        }
+
+        /// Every known value and where it belongs: ("zmmR[J]" or "kN",
+        /// offset, value).
+        fn known_values(&self) -> Vec<(String, usize, u64)> {
+            let mut v = Vec::new();
+            for reg in 0..32 {
+                for lane in 0..8 {
+                    v.push((
+                        format!("zmm{reg}[{lane}]"),
+                        self.zmm_lane(reg, lane),
+                        known_zmm_lane(reg, lane),
+                    ));
+                }
+            }
+            for n in 0..8 {
+                v.push((format!("k{n}"), self.k(n), known_k(n)));
+            }
+            v
+        }
+
+        /// Names of the known values `area` does not hold at these offsets.
+        fn missing_in(&self, area: &[u8]) -> Vec<String> {
+            self.known_values()
+                .into_iter()
+                .filter(|(_, at, value)| read_u64(area, *at) != Some(*value))
+                .map(|(name, at, _)| format!("{name}@{at}"))
+                .collect()
+        }
+    }
+
+    fn contains_u64(area: &[u8], value: u64) -> bool {
+        area.windows(8).any(|w| w == value.to_le_bytes())
+    }
+
+    /// The user components listed in `cpuid.txt` ("component I: size=S
+    /// offset=O ecx=C", supervisor ones have ecx bit 0 set).
+    fn layout_from_cpuid_text(text: &str) -> XsaveLayout {
+        let mut layout = XsaveLayout::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("component ") else {
+                continue;
+            };
+            let (index, fields) = rest.split_once(':').unwrap();
+            let field = |name: &str| {
+                let value = fields
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {line:?}"));
+                match value.strip_prefix("0x") {
+                    Some(hex) => u32::from_str_radix(hex, 16).unwrap(),
+                    None => value.parse().unwrap(),
+                }
+            };
+            if field("ecx=") & 1 == 0 {
+                layout = layout.with_component(
+                    index.trim().parse().unwrap(),
+                    field("offset="),
+                    field("size="),
+                );
+            }
+        }
+        layout
+    }
+
+    /// The layout note and CPUID, recorded separately on the same CPU,
+    /// agree, and both differ from Intel's offsets.
+    #[test]
+    fn amd_zen5_layout_note_matches_cpuid() {
+        let from_note = XsaveLayout::from_layout_note(ZEN5_LAYOUT_NOTE).unwrap();
+        assert_eq!(from_note, layout_from_cpuid_text(ZEN5_CPUID));
+        let expected = XsaveLayout::new()
+            .with_component(2, ZEN5_PLACES.avx as u32, 256)
+            .with_component(5, ZEN5_PLACES.opmask as u32, 64)
+            .with_component(6, ZEN5_PLACES.zmm_hi256 as u32, 512)
+            .with_component(7, ZEN5_PLACES.hi16_zmm as u32, 1024);
+        assert_eq!(from_note, expected);
+        // CPUID 0xd.0 EBX: the area size for the enabled features.
+        assert_eq!(ZEN5_XSTATE.len(), 2432);
+        assert_ne!(from_note, XsaveLayout::gdb_standard());
+    }
+
+    /// The raw kernel area holds the known values at the CPU's offsets, and
+    /// read at Intel's (as gdb 13 reads it) it shows what gdb 13 showed:
+    /// k3 = zmm6's lane 7. So the conversion below has real work to do.
+    #[test]
+    fn amd_zen5_kernel_area_holds_known_values_at_native_offsets() {
+        assert_eq!(xcr0_of(ZEN5_XSTATE), Some(0xe7));
+        assert_eq!(read_u64(ZEN5_XSTATE, XSTATE_BV_OFFSET), Some(0xe6));
+        assert_eq!(ZEN5_PLACES.missing_in(ZEN5_XSTATE), Vec::<String>::new());
+        assert_eq!(
+            read_u64(ZEN5_XSTATE, INTEL_PLACES.k(3)),
+            Some(0x5a00_0000_0000_0607)
+        );
+        // Everything outside xmm and the AVX halves is misplaced: k0-7,
+        // lanes 4-7 of zmm0-15, all of zmm16-31.
+        let wrong = INTEL_PLACES.missing_in(ZEN5_XSTATE);
+        assert_eq!(wrong.len(), 8 + 16 * 4 + 16 * 8, "{wrong:?}");
+        assert!(!contains_u64(ZEN5_XSTATE, KNOWN_R12));
+    }
+
+    /// Converted with the layout from its own NT_X86_XSAVE_LAYOUT note, the
+    /// AMD area holds every known value where gdb 13 reads it.
+    #[test]
+    fn amd_zen5_kernel_area_converts_to_gdb_layout() {
+        let layout = XsaveLayout::from_layout_note(ZEN5_LAYOUT_NOTE).unwrap();
+        let out = to_gdb_layout(ZEN5_XSTATE, &layout).unwrap();
+
+        // XCR0 0xe7 (no PKRU, no MPX): gdb 13 wants exactly 2688 bytes.
+        assert_eq!(out.len(), 2688);
+        assert_eq!(xcr0_of(&out), Some(0xe7));
+        assert_eq!(read_u64(&out, XSTATE_BV_OFFSET), Some(0xe6));
+        assert_eq!(out[..HEADER_END], ZEN5_XSTATE[..HEADER_END]);
+        assert_eq!(INTEL_PLACES.missing_in(&out), Vec::<String>::new());
+        // MPX was never enabled: its slot stays zero.
+        assert!(out[960..1088].iter().all(|&b| b == 0));
+        assert!(!contains_u64(&out, KNOWN_R12));
+    }
+
+    /// An area already in Intel's layout (as an Intel CPU with AVX-512
+    /// produces), built from the same known values behind the fixture's
+    /// real legacy region and header, passes through unchanged; with AMX
+    /// state after it (Sapphire Rapids) every value stays where it was.
+    #[test]
+    fn intel_area_with_known_values_keeps_them_in_place() {
+        let mut intel = vec![0u8; 2688];
+        intel[..HEADER_END].copy_from_slice(&ZEN5_XSTATE[..HEADER_END]);
+        for (_, at, value) in INTEL_PLACES.known_values() {
+            write_u64(&mut intel, at, value);
+        }
+        let out = to_gdb_layout(&intel, &XsaveLayout::gdb_standard()).unwrap();
+        assert_eq!(out, intel);
+        assert_eq!(INTEL_PLACES.missing_in(&out), Vec::<String>::new());
+
+        let mut amx = intel.clone();
+        amx.resize(11008, 0);
+        amx[2752..].fill(0x7e); // TILECFG and TILEDATA
+        write_u64(&mut amx, XCR0_OFFSET, 0x600e7);
+        write_u64(&mut amx, XSTATE_BV_OFFSET, 0x600e6);
+        let out = to_gdb_layout(&amx, &intel_amx()).unwrap();
+        assert_eq!(out.len(), 2688);
+        assert_eq!(out, intel);
     }
 }

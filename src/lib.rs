@@ -39,6 +39,11 @@ pub mod snapshot;
 mod sys;
 pub mod watch;
 
+/// The tests' skip recording (see the file), for the unit tests here too.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+mod test_skip;
+
 pub use cancel::CancelToken;
 pub use dump::{
     Attach, DumpError, DumpMode, DumpOptions, DumpReport, dump_into_sink, dump_to_path,

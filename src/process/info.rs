@@ -338,8 +338,8 @@ mod tests {
     /// apart.
     #[test]
     fn mapped_file_path_is_raw() {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: /proc/PID/map_files needs CAP_SYS_ADMIN");
+        use crate::test_skip::{Capability, capability, unmet};
+        if unmet(capability(Capability::SysAdmin, "to read /proc/PID/map_files")) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

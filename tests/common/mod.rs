@@ -34,6 +34,47 @@ pub const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const POLL: Duration = Duration::from_millis(5);
 
+mod skip;
+pub use skip::*;
+
+/// Returns from the test (after recording why, see [`skip`]) unless every
+/// check holds: `require!(capability(Capability::SysPtrace, "to attach"))`.
+/// An environment lack fails the test unless `CORESNAP_ALLOW_SKIP=1`.
+#[allow(unused_macros)]
+macro_rules! require {
+    ($($check:expr),+ $(,)?) => {
+        $(
+            if $crate::common::unmet($check) {
+                return;
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require;
+
+/// `Ok` if `program` can be started; otherwise an environment lack that
+/// names the Debian package to install (`tests/run.sh` installs them all).
+pub fn program(program: &str, version_arg: &str, package: &str) -> Result<(), Missing> {
+    if have_program(program, version_arg) {
+        Ok(())
+    } else {
+        Err(Missing::environment(
+            format!("{program}, which is not installed"),
+            format!("install it (apt-get install {package}), or run tests/run.sh, which does"),
+        ))
+    }
+}
+
+/// CAP_SYS_PTRACE, which coresnap needs to attach to a process this test
+/// started (and gdb, strace and gcore too).
+pub fn ptrace_capability() -> Result<(), Missing> {
+    capability(
+        Capability::SysPtrace,
+        "to attach to the target with ptrace",
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Generic helpers
 // ---------------------------------------------------------------------------
@@ -183,7 +224,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration, merge: bool) -> Cm
     }
 }
 
-/// True if `program` can be started (used to skip tests whose tool is absent).
+/// True if `program` can be started.
 pub fn have_program(program: &str, version_arg: &str) -> bool {
     let mut cmd = Command::new(program);
     cmd.arg(version_arg)
@@ -804,12 +845,18 @@ pub fn gdb_core_command(exe: &Path, core: &Path, commands: &[&str]) -> Command {
 /// Runs `gdb -nx -batch -ex CMD... EXE CORE` and returns stdout and stderr
 /// merged, in order.
 pub fn run_gdb(exe: &Path, core: &Path, commands: &[&str]) -> String {
-    run_with_timeout(
-        &mut gdb_core_command(exe, core, commands),
-        DEBUGGER_TIMEOUT,
-        true,
-    )
-    .stdout
+    run_debugger(&mut gdb_core_command(exe, core, commands))
+}
+
+/// Runs a debugger (gdb, lldb, eu-stack) with [`DEBUGGER_TIMEOUT`] and
+/// returns stdout and stderr merged, in order. It must exit with status 0:
+/// a debugger that crashed, or whose last command failed, has not read the
+/// core the way the test assumes.
+pub fn run_debugger(cmd: &mut Command) -> String {
+    let what = describe_cmd(cmd);
+    let out = run_with_timeout(cmd, DEBUGGER_TIMEOUT, true);
+    assert!(out.success(), "{what} failed:\n{}", out.describe());
+    out.stdout
 }
 
 /// Like [`run_gdb`] but returns each command's output separately (split with
@@ -821,7 +868,7 @@ pub fn run_gdb_split(exe: &Path, core: &Path, commands: &[&str]) -> (String, Vec
     add_commands(&mut cmd, commands, true);
     cmd.arg(exe).arg(core);
     let what = describe_cmd(&cmd);
-    let out = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, true).stdout;
+    let out = run_debugger(&mut cmd);
     let preamble = out
         .split_once(&format!("{SECTION_MARK} preamble-end"))
         .map(|(p, _)| p.to_string())
@@ -835,7 +882,7 @@ pub fn run_gdb_live(pid: i32, commands: &[&str]) -> String {
     let mut cmd = gdb_base();
     cmd.arg("-p").arg(pid.to_string());
     add_commands(&mut cmd, commands, false);
-    run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, true).stdout
+    run_debugger(&mut cmd)
 }
 
 /// Like [`run_gdb_live`], split per command.
@@ -844,7 +891,7 @@ pub fn run_gdb_live_split(pid: i32, commands: &[&str]) -> Vec<String> {
     cmd.arg("-p").arg(pid.to_string());
     add_commands(&mut cmd, commands, true);
     let what = describe_cmd(&cmd);
-    let out = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, true).stdout;
+    let out = run_debugger(&mut cmd);
     split_sections(&out, commands.len(), &what)
 }
 

@@ -21,6 +21,8 @@ use std::sync::{Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod elf_readers;
+
 /// How long a target may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one dump (coresnap or gcore) may take.
@@ -757,8 +759,10 @@ pub fn dump(dumper: Dumper, pid: i32, dir: &Path, extra_args: &[&str]) -> PathBu
 /// `/proc/PID/exe`, which also works for a target in another mount
 /// namespace), and checks that gdb lists exactly `threads` (as the target
 /// numbers them in its own pid namespace, as a kernel core does): the least
-/// every dump test asks of a core.
+/// every dump test asks of a core. First goblin and object must read the
+/// same program headers and notes from it ([`elf_readers`]).
 pub fn assert_loads_in_gdb(pid: i32, core: &Path, threads: &[i32]) {
+    elf_readers::assert_readers_agree(core);
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let out = run_gdb(&exe, core, &["info threads"]);
     let mut listed: Vec<i32> = parse_info_threads(&out).iter().map(|r| r.lwp).collect();

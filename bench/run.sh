@@ -520,7 +520,7 @@ TRIAGE_DIR=
 triage_prepare() { # PID
     TRIAGE_DIR=$WORK/triage
     mkdir -p "$TRIAGE_DIR"
-    timed "$(printf 'exec %q -o %q %q && exec %q -z -o %q %q' "$CORESNAP" "$TRIAGE_DIR/core" "$1" \
+    timed "$(printf '%q -o %q %q && exec %q -z -o %q %q' "$CORESNAP" "$TRIAGE_DIR/core" "$1" \
         "$CORESNAP" "$TRIAGE_DIR/core" "$1")"
     TRIAGE_CORE=$TRIAGE_DIR/core.$1
     [ "$RC" = 0 ] && [ -f "$TRIAGE_CORE" ] && [ -f "$TRIAGE_CORE.zst" ]

@@ -11,7 +11,7 @@ use crate::process::freeze::{FreezeError, FrozenProcess};
 use crate::process::info;
 use crate::process::memory::{MemoryError, MemoryReader, Unreadable};
 use crate::process::unattached::UnattachedFreeze;
-use crate::sink::hashing::Digests;
+use crate::sink::hashing::{Digests, Want};
 use crate::sink::zstd_seekable::SeekableStats;
 use crate::sink::{
     CompressOptions, HashingSink, HashingWriter, Sink, SparseFile, Stream, ZstdSeekableSink,
@@ -86,6 +86,10 @@ pub struct DumpOptions {
     /// Where the manifest goes instead of next to the core; the only way
     /// to get one for a stream.
     pub manifest_path: Option<PathBuf>,
+    /// Also the flat hashes (`sha256sum` of the core) for a core larger
+    /// than [`SMALL_CORE`](crate::sink::hashing::SMALL_CORE): they hash
+    /// every hole's zeros (`--flat-hash`).
+    pub flat_hash: bool,
 }
 
 impl Default for DumpOptions {
@@ -103,6 +107,7 @@ impl Default for DumpOptions {
             compress: None,
             manifest: true,
             manifest_path: None,
+            flat_hash: false,
         }
     }
 }
@@ -486,8 +491,8 @@ fn core_as_file(manifest: &Manifest, name: &str) -> Option<FileEntry> {
         name: name.to_string(),
         format: manifest::FORMAT_ELF.into(),
         length: core.length,
-        blake3: core.blake3.clone()?,
-        sha256: core.sha256.clone()?,
+        blake3: core.blake3.clone(),
+        sha256: core.sha256.clone(),
         zstd: None,
     })
 }
@@ -497,8 +502,8 @@ fn zstd_file(name: &str, stats: &SeekableStats, digests: Digests) -> FileEntry {
         name: name.to_string(),
         format: manifest::FORMAT_ZSTD.into(),
         length: stats.compressed_len,
-        blake3: digests.blake3_hex(),
-        sha256: digests.sha256_hex(),
+        blake3: digests.flat.map(|f| f.blake3_hex()),
+        sha256: digests.flat.map(|f| f.sha256_hex()),
         zstd: Some(ZstdEntry {
             level: stats.level,
             frames: stats.frames,
@@ -561,9 +566,10 @@ pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<Dump
     let manifest_file = match (report.manifest.as_mut(), &manifest_path) {
         (Some(manifest), Some(manifest_path)) => {
             let file = core.temp.as_file();
+            let want = Want::for_core(report.core_len, options.flat_hash);
             let scanned = match &report.compressed {
-                Some(_) => scan::scan_zstd(file, &options.cancel),
-                None => scan::scan_elf(file, &options.cancel),
+                Some(_) => scan::scan_zstd(file, &options.cancel, want),
+                None => scan::scan_elf(file, &options.cancel, want),
             }
             .map_err(|e| match e {
                 ScanError::Interrupted(signal) => {
@@ -763,7 +769,8 @@ fn dump_with(
         .zip(&layout.segment_offsets)
         .map(|(r, &offset)| (offset, offset + r.dumped_len()))
         .collect();
-    let mut measured = HashingSink::new(sink, hash_inline, ranges);
+    let want = Want::for_core(layout.total_len, options.flat_hash);
+    let mut measured = HashingSink::new(sink, hash_inline.then_some(want), ranges);
     let sink: &mut dyn Sink = &mut measured;
     let (written, pause) = match cow {
         Some(copy) => {

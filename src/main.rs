@@ -131,6 +131,13 @@ struct Cli {
     #[arg(long = "manifest", value_name = "PATH", conflicts_with = "no_manifest")]
     manifest: Option<PathBuf>,
 
+    /// Also record the flat SHA-256 and BLAKE3 of the core (what sha256sum
+    /// prints) when it is larger than 16 MiB: they hash every hole's zeros,
+    /// so a huge sparse core takes as long as its logical size. Smaller
+    /// cores always get them; the chunked hashes are always there.
+    #[arg(long = "flat-hash", conflicts_with = "no_manifest")]
+    flat_hash: bool,
+
     /// Stay attached (the target runs at full speed) and dump when a thread
     /// is about to receive one of these signals; the signal is then
     /// delivered unchanged. Default list: SEGV,BUS,ABRT,FPE,ILL,SYS,TRAP.
@@ -401,6 +408,7 @@ fn main() -> ExitCode {
         // A stream has no "next to it": hash only if the manifest goes somewhere.
         manifest: !cli.no_manifest && (cli.output != "-" || cli.manifest.is_some()),
         manifest_path: cli.manifest.clone(),
+        flat_hash: cli.flat_hash,
         on_signal: cli.on_signal.clone().map(|list| list.0),
         attach: if cli.no_ptrace {
             Attach::Unattached {

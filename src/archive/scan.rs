@@ -1,26 +1,30 @@
-//! One pass over a core file, or a `.zst` of one: the BLAKE3 and SHA-256 of
-//! the file and of the core bytes, and the core's headers and notes.
+//! One pass over a core file, or a `.zst` of one: the hashes of the core
+//! bytes (chunked, and flat when asked for), the flat hashes of a `.zst`
+//! file, and the core's headers and notes.
 //!
 //! Used by `coresnap verify`, and by the dump itself, which hashes the
 //! file it wrote this way once the target has been released (hashing while
 //! the target is frozen would lengthen the pause; see docs/MANIFEST.md).
 //!
-//! Holes of a sparse core are found with `SEEK_DATA`/`SEEK_HOLE` and hashed
-//! as zeros without being read.
+//! Holes of a sparse core are found with `SEEK_DATA`/`SEEK_HOLE` and handed
+//! to the hasher as lengths, without being read; a `.zst`'s frames of zeros
+//! are recognised and not decompressed. With the chunked hashes only, the
+//! cost follows the data stored (`crate::sink::hashing`).
 
 use super::elfscan::{self, CoreHeaders, Scan};
 use super::reader::SeekableCore;
 use crate::cancel::CancelToken;
-use crate::sink::hashing::{DEFAULT_MAX_PENDING, Digests, StreamHasher};
+use crate::sink::hashing::{Digests, StreamHasher, Want};
 use nix::unistd::{Whence, lseek};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
 pub struct Scanned {
-    /// Hashes of the core bytes (uncompressed).
+    /// Hashes of the core bytes (uncompressed), those asked for.
     pub core: Digests,
-    /// Hashes of the file as it is (the same as `core` for a plain core).
+    /// Hashes of the file as it is: the same as `core` for a plain core,
+    /// the flat hashes of the compressed bytes for a `.zst`.
     pub file: Digests,
     /// The core's first bytes: headers and notes.
     pub prefix: Vec<u8>,
@@ -130,8 +134,9 @@ fn next_hole(file: &File, from: u64, len: u64) -> io::Result<u64> {
     }
 }
 
-/// Scans a plain core: one set of hashes (the file is the core).
-pub fn scan_elf(file: &File, cancel: &CancelToken) -> Result<Scanned, ScanError> {
+/// Scans a plain core, computing the hashes in `want` (the file is the
+/// core).
+pub fn scan_elf(file: &File, cancel: &CancelToken, want: Want) -> Result<Scanned, ScanError> {
     let len = file.metadata().map_err(ScanError::Io)?.len();
     // Reads are sized to the data extents already; kernel readahead would
     // fill page after page of the holes around each small extent (measured
@@ -143,7 +148,7 @@ pub fn scan_elf(file: &File, cancel: &CancelToken) -> Result<Scanned, ScanError>
         0,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
     );
-    let mut hasher = StreamHasher::new(DEFAULT_MAX_PENDING);
+    let mut hasher = StreamHasher::new(want);
     let mut prefix = Prefix::new();
     let mut buf = vec![0u8; BUF];
     let mut pos = 0u64;
@@ -216,19 +221,19 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Scans a `.zst`: hashes the file and the core bytes, checking every
-/// frame's checksum. A seekable file is read frame by frame (frames of
+/// Scans a `.zst`: the flat hashes of the file, the hashes in `want` of the
+/// core bytes, checking every frame's checksum. A seekable file is read frame by frame (frames of
 /// zeros are recognised and hashed as zeros without decompressing them);
 /// anything else, a damaged seek table included, is decompressed as one
 /// stream.
-pub fn scan_zstd(file: &File, cancel: &CancelToken) -> Result<Scanned, ScanError> {
+pub fn scan_zstd(file: &File, cancel: &CancelToken, want: Want) -> Result<Scanned, ScanError> {
     let seekable = file
         .try_clone()
         .ok()
         .and_then(|f| SeekableCore::from_file(f, std::path::Path::new("the file")).ok());
     match seekable {
-        Some(core) => scan_frames(&core, file, cancel),
-        None => scan_stream(file, cancel),
+        Some(core) => scan_frames(&core, file, cancel, want),
+        None => scan_stream(file, cancel, want),
     }
 }
 
@@ -236,9 +241,10 @@ fn scan_frames(
     core: &SeekableCore,
     file: &File,
     cancel: &CancelToken,
+    want: Want,
 ) -> Result<Scanned, ScanError> {
-    let mut file_hasher = StreamHasher::new(DEFAULT_MAX_PENDING);
-    let mut core_hasher = StreamHasher::new(DEFAULT_MAX_PENDING);
+    let mut file_hasher = StreamHasher::new(Want::FLAT);
+    let mut core_hasher = StreamHasher::new(want);
     let mut prefix = Prefix::new();
     let mut decompressor = zstd::bulk::Decompressor::new().map_err(ScanError::Io)?;
     let mut decode_error = None;
@@ -285,14 +291,14 @@ fn scan_frames(
     })
 }
 
-fn scan_stream(file: &File, cancel: &CancelToken) -> Result<Scanned, ScanError> {
+fn scan_stream(file: &File, cancel: &CancelToken, want: Want) -> Result<Scanned, ScanError> {
     let reader = ReadAt { file, pos: 0 };
     let raw = HashRead {
         inner: reader,
-        hasher: StreamHasher::new(DEFAULT_MAX_PENDING),
+        hasher: StreamHasher::new(Want::FLAT),
     };
     let mut decoder = zstd::stream::read::Decoder::new(raw).map_err(ScanError::Io)?;
-    let mut core = StreamHasher::new(DEFAULT_MAX_PENDING);
+    let mut core = StreamHasher::new(want);
     let mut prefix = Prefix::new();
     let mut buf = vec![0u8; BUF];
     let mut decode_error = None;
@@ -360,10 +366,16 @@ mod tests {
         sink.write_at(8 << 20, &[5u8; 10000]).unwrap();
         sink.finish(20 << 20).unwrap();
         let file = File::open(&path).unwrap();
-        let scanned = scan_elf(&file, &CancelToken::new()).unwrap();
+        let scanned = scan_elf(&file, &CancelToken::new(), Want::chunked(true)).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(scanned.core.len, 20 << 20);
-        assert_eq!(scanned.core.blake3, *blake3::hash(&bytes).as_bytes());
+        assert_eq!(
+            scanned.core.flat.unwrap().blake3,
+            *blake3::hash(&bytes).as_bytes()
+        );
+        let mut read_hasher = StreamHasher::new(Want::chunked(false));
+        read_hasher.update(&bytes);
+        assert_eq!(scanned.core.chunked, read_hasher.finish().chunked);
         assert!(
             matches!(scanned.headers, Some(Err(_))),
             "not a 64-bit ELF header: invalid, not missing"

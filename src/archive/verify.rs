@@ -4,10 +4,14 @@
 //!
 //! 1. the manifest exists, parses, is a version this tool reads, and its
 //!    integrity checksum matches (it was not edited after the dump);
-//! 2. the file: its format and length, its BLAKE3 and SHA-256; for `.zst`,
-//!    the seek table (present, adds up to the file length, frame count) and
-//!    every frame's content checksum while decompressing;
-//! 3. the core bytes (decompressed): length, BLAKE3 and SHA-256;
+//! 2. the file: its format and length, its flat BLAKE3 and SHA-256 when the
+//!    manifest holds them; for `.zst`, the seek table (present, adds up to
+//!    the file length, frame count) and every frame's content checksum
+//!    while decompressing;
+//! 3. the core bytes (decompressed): length, the chunked BLAKE3 and SHA-256
+//!    roots, and the flat ones when the manifest holds them. Only the data
+//!    is read (holes and frames of zeros are not), so with the chunked
+//!    hashes alone the cost follows the bytes stored;
 //! 4. the structure: ET_CORE, one PT_LOAD per mapping the manifest says is
 //!    in the core, each at the manifest's address, size and file offset, and
 //!    the CORESNAP note present and agreeing with the manifest on every
@@ -19,7 +23,7 @@ use super::reader::SeekableCore;
 use super::scan::{ScanError, scan_elf, scan_zstd};
 use crate::cancel::CancelToken;
 use crate::manifest::{self, Manifest, note};
-use crate::sink::hashing::Digests;
+use crate::sink::hashing::{CHUNK_SIZES, HashPair, Want};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -168,12 +172,13 @@ pub fn verify(path: &Path, manifest_path: Option<&Path>, cancel: &CancelToken) -
         report.fail("the manifest records no file hashes (dumped with --no-manifest hashing off?)");
     }
 
+    let want = wanted_hashes(manifest.as_ref(), kind, &mut report);
     let scanned = match kind {
         FileKind::Zstd => {
             check_seek_table(path, manifest.as_ref(), &mut report);
-            scan_zstd(&file, cancel)
+            scan_zstd(&file, cancel, want)
         }
-        _ => scan_elf(&file, cancel),
+        _ => scan_elf(&file, cancel, want),
     };
     let scanned = match scanned {
         Ok(s) => s,
@@ -195,13 +200,12 @@ pub fn verify(path: &Path, manifest_path: Option<&Path>, cancel: &CancelToken) -
         report.pass("every zstd frame decompresses and its content checksum matches");
     }
     if let Some(expected) = expected_file.as_ref().filter(|_| !unpacked) {
-        compare_digests(
-            &mut report,
-            "file",
-            &scanned.file,
-            &expected.blake3,
-            &expected.sha256,
-        );
+        let recorded = (expected.blake3.as_deref(), expected.sha256.as_deref());
+        if recorded != (None, None) {
+            compare_digests(&mut report, "file", scanned.file.flat.as_ref(), recorded);
+        } else if kind == FileKind::Zstd {
+            report.fail("the manifest records no hashes of the .zst file");
+        }
     }
     if let Some(core) = manifest.as_ref().and_then(|m| m.core.as_ref()) {
         if core.length == scanned.core.len {
@@ -212,13 +216,26 @@ pub fn verify(path: &Path, manifest_path: Option<&Path>, cancel: &CancelToken) -
                 scanned.core.len, core.length
             ));
         }
-        if kind == FileKind::Zstd || unpacked {
-            match (&core.blake3, &core.sha256) {
-                (Some(b), Some(s)) => {
-                    compare_digests(&mut report, "core bytes", &scanned.core, b, s)
-                }
-                _ => report.fail("the manifest records no hashes of the core bytes"),
-            }
+        let chunked = (
+            core.blake3_chunked.as_deref(),
+            core.sha256_chunked.as_deref(),
+        );
+        let flat = (core.blake3.as_deref(), core.sha256.as_deref());
+        if chunked != (None, None) {
+            let what = format!(
+                "core bytes, chunked ({} KiB chunks)",
+                core.chunk_size.unwrap_or(0) >> 10
+            );
+            let roots = scanned.core.chunked.as_ref().map(|c| &c.root);
+            compare_digests(&mut report, &what, roots, chunked);
+        }
+        // For a plain core the flat hashes of the file are those of the
+        // core, compared above.
+        if flat != (None, None) && (kind == FileKind::Zstd || unpacked) {
+            compare_digests(&mut report, "core bytes", scanned.core.flat.as_ref(), flat);
+        }
+        if chunked == (None, None) && flat == (None, None) {
+            report.fail("the manifest records no hashes of the core bytes");
         }
     }
     match &scanned.headers {
@@ -326,26 +343,65 @@ fn check_seek_table(path: &Path, manifest: Option<&Manifest>, report: &mut Verif
     }
 }
 
+/// The hashes to compute: those the manifest holds, so that a core whose
+/// manifest has only the chunked ones is checked at the cost of its data.
+fn wanted_hashes(manifest: Option<&Manifest>, kind: FileKind, report: &mut VerifyReport) -> Want {
+    let Some(manifest) = manifest else {
+        return Want {
+            chunked: None,
+            flat: false,
+        };
+    };
+    let core = manifest.core.as_ref();
+    let chunked = core
+        .filter(|c| c.blake3_chunked.is_some() || c.sha256_chunked.is_some())
+        .and_then(|c| match c.chunk_size {
+            Some(size) if CHUNK_SIZES.contains(&size) => Some(size),
+            other => {
+                report.fail(format!(
+                    "the manifest's chunk size {} is not one coresnap writes ({} to {} bytes)",
+                    other.map_or("(absent)".to_string(), |s| s.to_string()),
+                    CHUNK_SIZES.start(),
+                    CHUNK_SIZES.end()
+                ));
+                None
+            }
+        });
+    let core_flat = core.is_some_and(|c| c.blake3.is_some() || c.sha256.is_some());
+    let file_flat = kind == FileKind::Elf
+        && manifest
+            .file
+            .as_ref()
+            .is_some_and(|f| f.blake3.is_some() || f.sha256.is_some());
+    Want {
+        chunked,
+        flat: core_flat || file_flat,
+    }
+}
+
+/// Compares the computed `got` with the manifest's (BLAKE3, SHA-256), each
+/// only when the manifest holds it.
 fn compare_digests(
     report: &mut VerifyReport,
     what: &str,
-    got: &Digests,
-    blake3: &str,
-    sha256: &str,
+    got: Option<&HashPair>,
+    (blake3, sha256): (Option<&str>, Option<&str>),
 ) {
-    let b = got.blake3_hex();
-    if b == blake3 {
-        report.pass(format!("{what}: BLAKE3 {b}"));
-    } else {
-        report.fail(format!("{what}: BLAKE3 is {b}, the manifest says {blake3}"));
-    }
-    let s = got.sha256_hex();
-    if s == sha256 {
-        report.pass(format!("{what}: SHA-256 {s}"));
-    } else {
-        report.fail(format!(
-            "{what}: SHA-256 is {s}, the manifest says {sha256}"
-        ));
+    let computed = [
+        ("BLAKE3", blake3, got.map(HashPair::blake3_hex)),
+        ("SHA-256", sha256, got.map(HashPair::sha256_hex)),
+    ];
+    for (name, recorded, computed) in computed {
+        match (recorded, computed) {
+            (None, _) => {}
+            (Some(recorded), Some(computed)) if recorded == computed => {
+                report.pass(format!("{what}: {name} {computed}"))
+            }
+            (Some(recorded), Some(computed)) => report.fail(format!(
+                "{what}: {name} is {computed}, the manifest says {recorded}"
+            )),
+            (Some(_), None) => report.fail(format!("{what}: {name} could not be computed")),
+        }
     }
 }
 

@@ -217,16 +217,29 @@ impl Manifest {
             segments: outcome.layout.segment_offsets.len() as u64,
             notes_offset: outcome.layout.notes_offset,
             written_bytes: outcome.written.iter().sum(),
-            blake3: outcome.core.map(|d| d.blake3_hex()),
-            sha256: outcome.core.map(|d| d.sha256_hex()),
+            chunk_size: None,
+            blake3_chunked: None,
+            sha256_chunked: None,
+            blake3: None,
+            sha256: None,
         });
+        if let Some(digests) = &outcome.core {
+            self.record_core_digests(digests);
+        }
     }
 
     /// Sets the hashes of the core's bytes (computed after the copy).
     pub fn record_core_digests(&mut self, digests: &Digests) {
         if let Some(core) = &mut self.core {
-            core.blake3 = Some(digests.blake3_hex());
-            core.sha256 = Some(digests.sha256_hex());
+            if let Some(chunked) = &digests.chunked {
+                core.chunk_size = Some(chunked.chunk_size);
+                core.blake3_chunked = Some(chunked.root.blake3_hex());
+                core.sha256_chunked = Some(chunked.root.sha256_hex());
+            }
+            if let Some(flat) = &digests.flat {
+                core.blake3 = Some(flat.blake3_hex());
+                core.sha256 = Some(flat.sha256_hex());
+            }
         }
     }
 

@@ -25,8 +25,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Value of the `schema` field.
 pub const SCHEMA: &str = "coresnap-manifest";
-/// Value of the `version` field; bumped on any incompatible change.
-pub const VERSION: u32 = 1;
+/// Value of the `version` field; bumped on any incompatible change (2: the
+/// chunked hashes; the flat ones became optional).
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -209,8 +210,20 @@ pub struct CoreEntry {
     pub notes_offset: u64,
     /// Bytes of memory data written (the rest of the segments are holes).
     pub written_bytes: u64,
+    /// Chunk size of the chunked hashes (docs/MANIFEST.md, "Hashes").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u64>,
+    /// Chunked BLAKE3 root of the core bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3_chunked: Option<String>,
+    /// Chunked SHA-256 root of the core bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256_chunked: Option<String>,
+    /// Flat BLAKE3 of the core bytes (`b3sum`): small cores and on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// Flat SHA-256 of the core bytes (`sha256sum`): small cores and on
+    /// request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 }
@@ -222,8 +235,13 @@ pub struct FileEntry {
     /// `elf-core` or `zstd-seekable`.
     pub format: String,
     pub length: u64,
-    pub blake3: String,
-    pub sha256: String,
+    /// Flat BLAKE3 of the file as written: always for a `.zst`, for a plain
+    /// core when the core's flat hashes were computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Flat SHA-256 of the file as written (`sha256sum FILE`), as above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zstd: Option<ZstdEntry>,
 }

@@ -1,18 +1,28 @@
-//! Hashing a core as it is written, off the writer's thread.
+//! Hashing a core off the caller's thread, at a cost that follows the bytes
+//! stored rather than the core's logical length.
 //!
-//! [`StreamHasher`] computes BLAKE3 and SHA-256 of a byte stream on a thread
-//! of its own: data runs are copied into pooled 1 MiB buffers and handed
-//! over, runs of zeros (the holes of a sparse core) are handed over as a
-//! length only. The writer therefore never waits for the hash unless more
-//! than `max_pending` bytes of *data* are queued; zeros never count, so a
-//! 4 GiB sparse core is hashed after the target has been released instead
-//! of while it is frozen (SHA-256 of zeros still costs ~0.55 s per GiB with
-//! SHA-NI here; see docs/MANIFEST.md).
+//! Two kinds of hash, each with BLAKE3 and SHA-256 (docs/MANIFEST.md,
+//! "Hashes"):
+//!
+//! - **chunked** ([`ChunkedDigest`]): the stream is cut into chunks of
+//!   `chunk_size` bytes, each chunk is hashed, and a root hash covers the
+//!   list of chunk hashes. A chunk of zeros has a hash known in advance, so
+//!   a hole costs one 32-byte root update per chunk instead of hashing its
+//!   zeros: hashing a 1 TiB core that holds 4 MiB of data costs about what
+//!   those 4 MiB cost.
+//! - **flat**: the hash of the bytes themselves, as `sha256sum` and `b3sum`
+//!   print it. Holes are hashed as zeros (SHA-256 and BLAKE3 of n zeros have
+//!   no shortcut), so it is computed only where that is cheap or asked for.
+//!
+//! [`StreamHasher`] runs one thread per algorithm: data runs are copied into
+//! pooled 1 MiB buffers and handed over, runs of zeros are handed over as a
+//! length only. The caller therefore never waits unless more than
+//! `DEFAULT_MAX_PENDING` bytes of *data* are queued.
 //!
 //! [`HashingSink`] wraps another [`Sink`]: it hashes the core's bytes (gaps
-//! as zeros) and counts, per segment, how many bytes were actually written
-//! (the rest are holes). [`HashingWriter`] hashes the bytes of the file as
-//! written (the compressed stream for `-z`).
+//! as zeros) when asked to and counts, per segment, how many bytes were
+//! actually written (the rest are holes). [`HashingWriter`] hashes the bytes
+//! of the file as written (the compressed stream for `-z`).
 
 use super::Sink;
 use sha2::Digest;
@@ -24,24 +34,90 @@ use std::thread::JoinHandle;
 
 /// Size of one hand-over buffer.
 const BUF_LEN: usize = 1 << 20;
-/// Default bound on data bytes queued for the hasher thread.
-pub const DEFAULT_MAX_PENDING: usize = 256 << 20;
+/// Bound on data bytes queued for the hashing threads.
+const DEFAULT_MAX_PENDING: usize = 256 << 20;
 
-/// The hashes of one byte stream.
+/// Chunk size of the chunked hashes coresnap writes. The cost of a chunked
+/// hash beyond the data is, for each chunk holding any data, the zeros of
+/// the rest of that chunk, plus 32 bytes of root input per chunk of the
+/// logical length. For a 1 TiB reservation with one page touched per GiB,
+/// 256 KiB gives 256 MiB of zeros and 128 MiB of root input (about 0.2 s of
+/// SHA-256 here), where 1 MiB would give 1 GiB and 32 MiB (0.6 s), and
+/// 64 KiB 64 MiB and 512 MiB.
+pub const CHUNK_SIZE: u64 = 256 << 10;
+
+/// The first bytes of every chunked root's input: names the scheme, so that
+/// a chunked root never equals a flat hash of some other content.
+pub const CHUNKED_TAG: &[u8] = b"coresnap-chunked-v1";
+
+/// Chunk sizes a manifest may name (verify refuses others rather than
+/// allocate or loop on a bogus value).
+pub const CHUNK_SIZES: std::ops::RangeInclusive<u64> = 4096..=(1 << 30);
+
+/// Which hashes to compute over a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digests {
-    pub len: u64,
+pub struct Want {
+    /// The chunked hashes, with this chunk size.
+    pub chunked: Option<u64>,
+    /// The flat hashes (holes hashed as zeros).
+    pub flat: bool,
+}
+
+impl Want {
+    /// Flat hashes only: for bytes that are all stored (a `.zst` file).
+    pub const FLAT: Want = Want {
+        chunked: None,
+        flat: true,
+    };
+
+    /// The chunked hashes with [`CHUNK_SIZE`], and the flat ones if `flat`.
+    pub fn chunked(flat: bool) -> Want {
+        Want {
+            chunked: Some(CHUNK_SIZE),
+            flat,
+        }
+    }
+
+    /// What a dump computes for a core of `len` bytes: the chunked hashes,
+    /// and the flat ones when the core is small or `flat` asks for them.
+    pub fn for_core(len: u64, flat: bool) -> Want {
+        Want::chunked(flat || len <= SMALL_CORE)
+    }
+}
+
+/// Cores up to this logical length also get flat hashes: hashing all of
+/// their zeros costs at most about 10 ms here (SHA-256 at ~1.8 GB/s).
+pub const SMALL_CORE: u64 = 16 << 20;
+
+/// A BLAKE3 and a SHA-256 value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashPair {
     pub blake3: [u8; 32],
     pub sha256: [u8; 32],
 }
 
-impl Digests {
+impl HashPair {
     pub fn blake3_hex(&self) -> String {
         hex(&self.blake3)
     }
     pub fn sha256_hex(&self) -> String {
         hex(&self.sha256)
     }
+}
+
+/// The chunked roots of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkedDigest {
+    pub chunk_size: u64,
+    pub root: HashPair,
+}
+
+/// The hashes of one byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digests {
+    pub len: u64,
+    pub chunked: Option<ChunkedDigest>,
+    pub flat: Option<HashPair>,
 }
 
 /// Lowercase hex of `bytes`.
@@ -55,6 +131,186 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Zeros to hash from: holes inside a chunk, and flat hashes of holes.
+static ZEROS: [u8; 128 << 10] = [0; 128 << 10];
+
+/// One hash function.
+trait Algorithm: Send + 'static {
+    fn new() -> Self;
+    fn update(&mut self, data: &[u8]);
+    /// The digest so far; the hasher starts over.
+    fn finish_reset(&mut self) -> [u8; 32];
+}
+
+impl Algorithm for blake3::Hasher {
+    fn new() -> Self {
+        blake3::Hasher::new()
+    }
+    fn update(&mut self, data: &[u8]) {
+        blake3::Hasher::update(self, data);
+    }
+    fn finish_reset(&mut self) -> [u8; 32] {
+        let digest = *self.finalize().as_bytes();
+        self.reset();
+        digest
+    }
+}
+
+impl Algorithm for sha2::Sha256 {
+    fn new() -> Self {
+        Digest::new()
+    }
+    fn update(&mut self, data: &[u8]) {
+        Digest::update(self, data);
+    }
+    fn finish_reset(&mut self) -> [u8; 32] {
+        self.finalize_reset().into()
+    }
+}
+
+/// Feeds `n` zero bytes to `hasher`; false if stopped on the way.
+fn update_zeros<A: Algorithm>(hasher: &mut A, mut n: u64, stop: &AtomicBool) -> bool {
+    while n > 0 {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+    true
+}
+
+/// The chunked hash of a stream with one algorithm:
+/// `root = H(CHUNKED_TAG || le64(chunk_size) || H(chunk 0) || ... ||
+/// H(chunk n-1) || le64(length))`, the last chunk possibly short.
+struct Chunked<A> {
+    size: u64,
+    chunk: A,
+    /// Bytes of the current chunk hashed so far.
+    filled: u64,
+    root: A,
+    /// The hash of a chunk of zeros, repeated: fed to the root in batches.
+    zero_chunks: Vec<u8>,
+}
+
+impl<A: Algorithm> Chunked<A> {
+    fn new(size: u64) -> Chunked<A> {
+        let mut root = A::new();
+        root.update(CHUNKED_TAG);
+        root.update(&size.to_le_bytes());
+        let mut zero = A::new();
+        update_zeros(&mut zero, size, &AtomicBool::new(false));
+        let zero = zero.finish_reset();
+        Chunked {
+            size,
+            chunk: A::new(),
+            filled: 0,
+            root,
+            zero_chunks: zero.repeat(1024),
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = (self.size - self.filled).min(data.len() as u64) as usize;
+            self.chunk.update(&data[..n]);
+            self.filled += n as u64;
+            data = &data[n..];
+            if self.filled == self.size {
+                let digest = self.chunk.finish_reset();
+                self.root.update(&digest);
+                self.filled = 0;
+            }
+        }
+    }
+
+    /// `n` zeros: only those in partly filled chunks are hashed.
+    fn zeros(&mut self, mut n: u64, stop: &AtomicBool) {
+        if self.filled > 0 {
+            let k = n.min(self.size - self.filled);
+            self.update_zero_bytes(k);
+            n -= k;
+        }
+        let mut whole = n / self.size;
+        let per_batch = (self.zero_chunks.len() / 32) as u64;
+        while whole > 0 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let k = whole.min(per_batch);
+            self.root.update(&self.zero_chunks[..32 * k as usize]);
+            whole -= k;
+        }
+        self.update_zero_bytes(n % self.size);
+    }
+
+    fn update_zero_bytes(&mut self, mut n: u64) {
+        while n > 0 {
+            let k = n.min(ZEROS.len() as u64) as usize;
+            self.update(&ZEROS[..k]);
+            n -= k as u64;
+        }
+    }
+
+    fn finish(mut self, len: u64) -> [u8; 32] {
+        if self.filled > 0 {
+            let digest = self.chunk.finish_reset();
+            self.root.update(&digest);
+        }
+        self.root.update(&len.to_le_bytes());
+        self.root.finish_reset()
+    }
+}
+
+/// What one thread computes with one algorithm.
+struct Streams<A> {
+    flat: Option<A>,
+    chunked: Option<Chunked<A>>,
+    len: u64,
+}
+
+/// (chunked root, flat digest) of one algorithm.
+type Outputs = (Option<[u8; 32]>, Option<[u8; 32]>);
+
+impl<A: Algorithm> Streams<A> {
+    fn new(want: Want) -> Streams<A> {
+        Streams {
+            flat: want.flat.then(A::new),
+            chunked: want.chunked.map(Chunked::new),
+            len: 0,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        if let Some(flat) = &mut self.flat {
+            flat.update(data);
+        }
+        if let Some(chunked) = &mut self.chunked {
+            chunked.update(data);
+        }
+    }
+
+    fn zeros(&mut self, n: u64, stop: &AtomicBool) {
+        self.len += n;
+        if let Some(chunked) = &mut self.chunked {
+            chunked.zeros(n, stop);
+        }
+        if let Some(flat) = &mut self.flat {
+            update_zeros(flat, n, stop);
+        }
+    }
+
+    fn finish(self) -> Outputs {
+        let len = self.len;
+        (
+            self.chunked.map(|c| c.finish(len)),
+            self.flat.map(|mut f| f.finish_reset()),
+        )
+    }
+}
+
 #[derive(Clone)]
 enum Msg {
     /// Shared by both hashing threads; the last one done recycles it.
@@ -62,10 +318,11 @@ enum Msg {
     Zeros(u64),
 }
 
-/// BLAKE3 + SHA-256 of a stream, computed on two background threads (one
-/// per algorithm: SHA-256, ~1.8 GB/s with SHA-NI here, is the slower one
-/// and sets the pace; BLAKE3 runs at ~7 GB/s).
+/// The chosen hashes of a stream with BLAKE3 and SHA-256, computed on two
+/// background threads (one per algorithm: SHA-256, ~1.8 GB/s with SHA-NI
+/// here, is the slower one and sets the pace; BLAKE3 runs at ~7 GB/s).
 pub struct StreamHasher {
+    want: Want,
     senders: Vec<mpsc::Sender<Msg>>,
     free_rx: mpsc::Receiver<Vec<u8>>,
     allocated: usize,
@@ -74,29 +331,27 @@ pub struct StreamHasher {
     pending_zeros: u64,
     len: u64,
     stop: Arc<AtomicBool>,
-    blake3: Option<JoinHandle<[u8; 32]>>,
-    sha256: Option<JoinHandle<[u8; 32]>>,
+    blake3: Option<JoinHandle<Outputs>>,
+    sha256: Option<JoinHandle<Outputs>>,
 }
 
 impl StreamHasher {
-    /// Starts the hashing thread; at most `max_pending` bytes of data (not
-    /// zeros) wait for it before [`update`](Self::update) blocks.
-    pub fn new(max_pending: usize) -> StreamHasher {
+    /// Starts the hashing threads.
+    pub fn new(want: Want) -> StreamHasher {
+        StreamHasher::with_max_pending(want, DEFAULT_MAX_PENDING)
+    }
+
+    /// At most `max_pending` bytes of data (not zeros) wait for the threads
+    /// before [`update`](Self::update) blocks.
+    fn with_max_pending(want: Want, max_pending: usize) -> StreamHasher {
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         let stop = Arc::new(AtomicBool::new(false));
         let (blake_tx, blake_rx) = mpsc::channel::<Msg>();
         let (sha_tx, sha_rx) = mpsc::channel::<Msg>();
-        let spawn = |name: &str, rx, mut hasher: Box<dyn Hash>| {
-            let free_tx = free_tx.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || hash_thread(rx, free_tx, &stop, hasher.as_mut()))
-                .expect("spawn hashing thread")
-        };
-        let blake3 = spawn("coresnap-blake3", blake_rx, Box::new(blake3::Hasher::new()));
-        let sha256 = spawn("coresnap-sha256", sha_rx, Box::new(sha2::Sha256::new()));
+        let blake3 = spawn::<blake3::Hasher>("coresnap-blake3", want, blake_rx, &free_tx, &stop);
+        let sha256 = spawn::<sha2::Sha256>("coresnap-sha256", want, sha_rx, &free_tx, &stop);
         StreamHasher {
+            want,
             senders: vec![blake_tx, sha_tx],
             free_rx,
             allocated: 0,
@@ -149,7 +404,7 @@ impl StreamHasher {
         self.len == 0
     }
 
-    /// Waits for the thread to hash everything and returns the digests.
+    /// Waits for the threads to hash everything and returns the digests.
     pub fn finish(mut self) -> Digests {
         self.flush_staging();
         if self.pending_zeros > 0 {
@@ -157,17 +412,26 @@ impl StreamHasher {
             self.send(Msg::Zeros(n));
         }
         self.senders.clear();
-        let join = |handle: Option<JoinHandle<[u8; 32]>>| match handle.expect("joined once").join()
-        {
-            Ok(digest) => digest,
+        let join = |handle: Option<JoinHandle<Outputs>>| match handle.expect("joined once").join() {
+            Ok(outputs) => outputs,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        let blake3 = join(self.blake3.take());
-        let sha256 = join(self.sha256.take());
+        let (blake3_chunked, blake3_flat) = join(self.blake3.take());
+        let (sha256_chunked, sha256_flat) = join(self.sha256.take());
+        let pair = |blake3: Option<[u8; 32]>, sha256: Option<[u8; 32]>| {
+            Some(HashPair {
+                blake3: blake3?,
+                sha256: sha256?,
+            })
+        };
         Digests {
             len: self.len,
-            blake3,
-            sha256,
+            chunked: self
+                .want
+                .chunked
+                .zip(pair(blake3_chunked, sha256_chunked))
+                .map(|(chunk_size, root)| ChunkedDigest { chunk_size, root }),
+            flat: pair(blake3_flat, sha256_flat),
         }
     }
 
@@ -206,65 +470,46 @@ impl StreamHasher {
 impl Drop for StreamHasher {
     fn drop(&mut self) {
         // Abandoned (the dump failed): stop hashing zeros nobody will use.
-        // The thread exits on its own once the channel is closed.
+        // The threads exit on their own once the channels are closed.
         self.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// One hash function, fed by one thread.
-trait Hash: Send {
-    fn update(&mut self, data: &[u8]);
-    fn digest(&mut self) -> [u8; 32];
+fn spawn<A: Algorithm>(
+    name: &str,
+    want: Want,
+    rx: mpsc::Receiver<Msg>,
+    free_tx: &mpsc::Sender<Vec<u8>>,
+    stop: &Arc<AtomicBool>,
+) -> JoinHandle<Outputs> {
+    let free_tx = free_tx.clone();
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || hash_thread(Streams::<A>::new(want), rx, free_tx, &stop))
+        .expect("spawn hashing thread")
 }
 
-impl Hash for blake3::Hasher {
-    fn update(&mut self, data: &[u8]) {
-        blake3::Hasher::update(self, data);
-    }
-    fn digest(&mut self) -> [u8; 32] {
-        *self.finalize().as_bytes()
-    }
-}
-
-impl Hash for sha2::Sha256 {
-    fn update(&mut self, data: &[u8]) {
-        sha2::Digest::update(self, data);
-    }
-    fn digest(&mut self) -> [u8; 32] {
-        self.finalize_reset().into()
-    }
-}
-
-fn hash_thread(
+fn hash_thread<A: Algorithm>(
+    mut streams: Streams<A>,
     rx: mpsc::Receiver<Msg>,
     free_tx: mpsc::Sender<Vec<u8>>,
     stop: &AtomicBool,
-    hasher: &mut dyn Hash,
-) -> [u8; 32] {
-    let zeros = vec![0u8; BUF_LEN];
+) -> Outputs {
     for msg in rx {
         match msg {
             Msg::Data(buf) => {
-                hasher.update(&buf);
+                streams.update(&buf);
                 // Exactly one of the two threads gets the buffer back.
                 if let Some(mut buf) = Arc::into_inner(buf) {
                     buf.clear();
                     let _ = free_tx.send(buf);
                 }
             }
-            Msg::Zeros(mut n) => {
-                while n > 0 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let k = n.min(BUF_LEN as u64) as usize;
-                    hasher.update(&zeros[..k]);
-                    n -= k as u64;
-                }
-            }
+            Msg::Zeros(n) => streams.zeros(n, stop),
         }
     }
-    hasher.digest()
+    streams.finish()
 }
 
 /// A sink that forwards everything to `inner`, hashes the core's bytes (gaps
@@ -281,12 +526,17 @@ pub struct HashingSink<'a> {
 }
 
 impl<'a> HashingSink<'a> {
-    /// `ranges`: the file ranges to count written bytes in, sorted.
-    pub fn new(inner: &'a mut dyn Sink, hash: bool, ranges: Vec<(u64, u64)>) -> HashingSink<'a> {
+    /// `hash`: the hashes to compute, if any; `ranges`: the file ranges to
+    /// count written bytes in, sorted.
+    pub fn new(
+        inner: &'a mut dyn Sink,
+        hash: Option<Want>,
+        ranges: Vec<(u64, u64)>,
+    ) -> HashingSink<'a> {
         let written = vec![0; ranges.len()];
         HashingSink {
             inner,
-            hasher: hash.then(|| StreamHasher::new(DEFAULT_MAX_PENDING)),
+            hasher: hash.map(StreamHasher::new),
             position: 0,
             ranges,
             written,
@@ -341,8 +591,9 @@ impl Sink for HashingSink<'_> {
     }
 }
 
-/// A writer that hashes what passes through it (the file as written), or
-/// only counts it when hashing is off.
+/// A writer that hashes what passes through it (the file as written: every
+/// byte is stored, so the flat hashes), or only counts it when hashing is
+/// off.
 pub struct HashingWriter<W: Write> {
     inner: W,
     hasher: Option<StreamHasher>,
@@ -353,7 +604,7 @@ impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W, hash: bool) -> HashingWriter<W> {
         HashingWriter {
             inner,
-            hasher: hash.then(|| StreamHasher::new(DEFAULT_MAX_PENDING)),
+            hasher: hash.then(|| StreamHasher::new(Want::FLAT)),
             len: 0,
         }
     }
@@ -388,32 +639,42 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Hashes a whole reader (used by `verify`); returns the digests.
-pub fn hash_reader(mut reader: impl io::Read) -> io::Result<Digests> {
-    let mut hasher = StreamHasher::new(DEFAULT_MAX_PENDING);
-    let mut buf = vec![0u8; BUF_LEN];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finish())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sink::Stream;
 
-    fn reference(data: &[u8]) -> Digests {
+    /// The chunked roots straight from their definition.
+    fn chunked_reference(data: &[u8], size: u64) -> HashPair {
+        let mut sha_root = <sha2::Sha256 as Digest>::new();
+        let mut blake_root = blake3::Hasher::new();
+        Digest::update(&mut sha_root, CHUNKED_TAG);
+        Digest::update(&mut sha_root, size.to_le_bytes());
+        blake_root.update(CHUNKED_TAG);
+        blake_root.update(&size.to_le_bytes());
+        for chunk in data.chunks(size as usize) {
+            Digest::update(&mut sha_root, sha2::Sha256::digest(chunk));
+            blake_root.update(blake3::hash(chunk).as_bytes());
+        }
+        Digest::update(&mut sha_root, (data.len() as u64).to_le_bytes());
+        blake_root.update(&(data.len() as u64).to_le_bytes());
+        HashPair {
+            blake3: *blake_root.finalize().as_bytes(),
+            sha256: sha_root.finalize().into(),
+        }
+    }
+
+    fn reference(data: &[u8], chunk_size: Option<u64>) -> Digests {
         Digests {
             len: data.len() as u64,
-            blake3: *blake3::hash(data).as_bytes(),
-            sha256: <sha2::Sha256 as sha2::Digest>::digest(data).into(),
+            chunked: chunk_size.map(|chunk_size| ChunkedDigest {
+                chunk_size,
+                root: chunked_reference(data, chunk_size),
+            }),
+            flat: Some(HashPair {
+                blake3: *blake3::hash(data).as_bytes(),
+                sha256: sha2::Sha256::digest(data).into(),
+            }),
         }
     }
 
@@ -421,20 +682,102 @@ mod tests {
     fn gaps_are_hashed_as_zeros() {
         let mut out = Vec::new();
         let mut stream = Stream::new(&mut out);
-        let mut sink = HashingSink::new(&mut stream, true, vec![(4096, 8192), (8192, 3 << 20)]);
+        let mut sink = HashingSink::new(
+            &mut stream,
+            Some(Want::chunked(true)),
+            vec![(4096, 8192), (8192, 3 << 20)],
+        );
         sink.write_at(0, b"header").unwrap();
         sink.write_at(5000, &[7u8; 100]).unwrap();
         sink.write_at(8192 + 10, &vec![9u8; 2 << 20]).unwrap();
         sink.finish((3 << 20) + 17).unwrap();
         assert_eq!(sink.written(), &[100, 2 << 20]);
         let digests = sink.finish_hashing().unwrap();
-        assert_eq!(digests, reference(&out));
+        assert_eq!(digests, reference(&out, Some(CHUNK_SIZE)));
         assert_eq!(digests.len, (3 << 20) + 17);
     }
 
     #[test]
+    fn zero_runs_give_the_hash_of_their_zeros() {
+        // Runs that start and end inside chunks, on chunk boundaries, span
+        // many chunks, and data that is itself all zeros: the chunked roots
+        // depend on the bytes only, not on how the zeros were handed over.
+        let size = 4096u64;
+        let runs: &[(bool, u64)] = &[
+            (true, 100),
+            (false, 5000),
+            (true, 3092),
+            (false, 3 * 4096),
+            (true, 1),
+            (false, 40 * 4096 + 7),
+            (true, 8192),
+            (false, 4095),
+        ];
+        let mut hasher = StreamHasher::new(Want {
+            chunked: Some(size),
+            flat: true,
+        });
+        let mut same_as_data = StreamHasher::new(Want {
+            chunked: Some(size),
+            flat: true,
+        });
+        let mut all = Vec::new();
+        for (i, &(data, len)) in runs.iter().enumerate() {
+            if data {
+                let bytes: Vec<u8> = (0..len).map(|j| (j as usize * 13 + i) as u8 | 1).collect();
+                hasher.update(&bytes);
+                same_as_data.update(&bytes);
+                all.extend_from_slice(&bytes);
+            } else {
+                hasher.zeros(len);
+                same_as_data.update(&vec![0; len as usize]);
+                all.resize(all.len() + len as usize, 0);
+            }
+        }
+        let digests = hasher.finish();
+        assert_eq!(digests, reference(&all, Some(size)));
+        assert_eq!(same_as_data.finish(), digests);
+    }
+
+    #[test]
+    fn chunked_roots_differ_from_flat_and_by_length() {
+        let five = reference(&[0; 5], Some(4096));
+        let six = reference(&[0; 6], Some(4096));
+        assert_ne!(five.chunked, six.chunked);
+        assert_ne!(five.chunked.unwrap().root, five.flat.unwrap());
+        let mut empty = StreamHasher::new(Want::chunked(false));
+        empty.zeros(0);
+        let empty = empty.finish();
+        assert_eq!(empty.flat, None);
+        assert_eq!(
+            empty.chunked.unwrap().root,
+            chunked_reference(&[], CHUNK_SIZE)
+        );
+    }
+
+    #[test]
+    fn a_terabyte_hole_costs_its_root_list() {
+        // 1 TiB of zeros with one page of data in the middle: 4 Mi chunks,
+        // of which one is hashed. Without the shortcut this would take
+        // minutes; the flat hash is not asked for.
+        let mut hasher = StreamHasher::new(Want::chunked(false));
+        let started = std::time::Instant::now();
+        hasher.zeros(1 << 39);
+        hasher.update(&[1; 4096]);
+        hasher.zeros((1 << 39) - 4096);
+        let digests = hasher.finish();
+        assert_eq!(digests.len, 1 << 40);
+        assert!(digests.chunked.is_some() && digests.flat.is_none());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
     fn small_pool_still_hashes_everything() {
-        let mut hasher = StreamHasher::new(0);
+        let mut hasher = StreamHasher::with_max_pending(Want::chunked(true), 0);
         let data: Vec<u8> = (0..(5 * BUF_LEN + 123))
             .map(|i| (i * 31 % 251) as u8)
             .collect();
@@ -444,14 +787,14 @@ mod tests {
         hasher.zeros(3);
         let mut all = data.clone();
         all.extend_from_slice(&[0, 0, 0]);
-        assert_eq!(hasher.finish(), reference(&all));
+        assert_eq!(hasher.finish(), reference(&all, Some(CHUNK_SIZE)));
     }
 
     #[test]
     fn pool_survives_many_small_runs() {
         // One page of data between holes, over and over: every run goes
         // through the pool, which must never lose a buffer.
-        let mut hasher = StreamHasher::new(2 * BUF_LEN);
+        let mut hasher = StreamHasher::with_max_pending(Want::chunked(true), 2 * BUF_LEN);
         let page = [7u8; 4096];
         let mut all = Vec::new();
         for _ in 0..20_000 {
@@ -460,7 +803,7 @@ mod tests {
             all.extend_from_slice(&page);
             all.extend_from_slice(&[0; 100]);
         }
-        assert_eq!(hasher.finish(), reference(&all));
+        assert_eq!(hasher.finish(), reference(&all, Some(CHUNK_SIZE)));
     }
 
     #[test]
@@ -470,7 +813,7 @@ mod tests {
         w.write_all(&[1; 3000]).unwrap();
         assert_eq!(w.len(), 3003);
         let (out, digests) = w.into_parts();
-        assert_eq!(digests, Some(reference(&out)));
+        assert_eq!(digests, Some(reference(&out, None)));
         assert_eq!(hex(&[0, 0xab, 0x5f]), "00ab5f");
     }
 }

@@ -20,10 +20,14 @@ impl Drop for Container {
 
 #[test]
 fn container_target_is_dumped_with_its_own_paths_and_both_pids() {
-    if !nix::unistd::Uid::effective().is_root() || !have_program("unshare", "--version") {
-        println!("SKIPPED: needs root and unshare(1) to make namespaces");
-        return;
-    }
+    require!(
+        ptrace_access(),
+        capability(
+            Capability::SysAdmin,
+            "to make pid and mount namespaces and mount a tmpfs in them"
+        ),
+        program("unshare", "--version", "util-linux"),
+    );
     let scratch = Scratch::new("container");
     // Inside the namespace a tmpfs is mounted over this directory: the file
     // mapped there exists only for the container.

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -194,9 +195,17 @@ fn sigkill_mid_dump_kills_the_clone() {
         !children_of(target.pid).is_empty()
             && all_task_status(target.pid).iter().all(|s| s.tracer == 0)
     });
+    let still_running = matches!(child.try_wait(), Ok(None));
     let _ = child.kill();
-    let _ = child.wait();
+    let status = child.wait().expect("wait for coresnap");
     assert!(saw_clone, "no clone appeared");
+    // Killed, not finished: otherwise this tested a dump that had ended.
+    // (Had it exited between the two looks, the status shows that too.)
+    assert!(
+        still_running && status.signal() == Some(libc::SIGKILL),
+        "coresnap was not running when it was killed (status {status}): the dump \
+         finished before the test could interrupt it"
+    );
     assert_running_untraced(target.pid);
     // The clone is dead: gone, or a zombie entry holding no memory until the
     // target reaps it.

@@ -594,10 +594,7 @@ fn parse_eu_stack(text: &str) -> BTreeMap<i32, Vec<String>> {
 }
 
 fn check_eu_stack(d: Dumper) {
-    if !have_program("eu-stack", "--version") {
-        eprintln!("SKIPPED: eu-stack is not installed (apt-get install elfutils)");
-        return;
-    }
+    require!(program("eu-stack", "--version", "elfutils"));
     let t = start_threads_target(Program::Threads);
     let scratch = Scratch::new("eu-stack");
     let core = dump(d, t.pid, scratch.path(), &[]);
@@ -670,10 +667,7 @@ fn parse_lldb(text: &str) -> (BTreeMap<u32, i32>, BTreeMap<u32, Vec<String>>) {
 }
 
 fn check_lldb(d: Dumper) {
-    if !have_program("lldb", "--version") {
-        eprintln!("SKIPPED: lldb is not installed (apt-get install lldb)");
-        return;
-    }
+    require!(program("lldb", "--version", "lldb"));
     let t = start_threads_target(Program::Threads);
     let scratch = Scratch::new("lldb");
     let core = dump(d, t.pid, scratch.path(), &[]);
@@ -688,6 +682,7 @@ fn check_lldb(d: Dumper) {
     // lldb 14 on Debian prints Python tracebacks (missing
     // lldb.embedded_interpreter) on stderr; they are harmless.
     let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, false);
+    assert!(res.success(), "lldb failed:\n{}", res.describe());
     let (tids, frames) = parse_lldb(&res.stdout);
     assert_eq!(
         tids.len(),

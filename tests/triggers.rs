@@ -184,19 +184,13 @@ fn segfault_is_caught_and_still_kills_the_target() {
 
     // The other debuggers users open cores with see the crash too.
     let core = core_path(&prefix, target.pid);
-    if have_program("eu-stack", "--version") {
+    if !unmet(program("eu-stack", "--version", "elfutils")) {
         let mut cmd = Command::new("eu-stack");
         cmd.arg("--core").arg(&core).arg("-e").arg(&exe);
-        let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, true);
-        assert!(
-            res.stdout.contains("crash_here"),
-            "eu-stack:\n{}",
-            res.describe()
-        );
-    } else {
-        println!("SKIPPED eu-stack check: eu-stack is not installed");
+        let out = run_debugger(&mut cmd);
+        assert!(out.contains("crash_here"), "eu-stack:\n{out}");
     }
-    if have_program("lldb", "--version") {
+    if !unmet(program("lldb", "--version", "lldb")) {
         let mut cmd = Command::new("lldb");
         cmd.arg("--batch")
             .arg("-c")
@@ -205,12 +199,10 @@ fn segfault_is_caught_and_still_kills_the_target() {
             .args(["-o", "bt"]);
         let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, false);
         assert!(
-            res.stdout.contains("crash_here") && res.stdout.contains("SIGSEGV"),
+            res.success() && res.stdout.contains("crash_here") && res.stdout.contains("SIGSEGV"),
             "lldb:\n{}",
             res.describe()
         );
-    } else {
-        println!("SKIPPED lldb check: lldb is not installed");
     }
 }
 
@@ -251,13 +243,25 @@ fn other_signals_pass_through_exactly_once() {
         )
         .unwrap();
     }
+    let once = "counts usr1=1 chld=1 pipe=1";
+    let mut counts = String::new();
     assert!(
         wait_until(Duration::from_secs(5), || {
             target.send("report");
-            target.line() == "counts usr1=1 chld=1 pipe=1"
+            counts = target.line();
+            counts == once
         }),
-        "each signal must be handled exactly once"
+        "each signal must be handled once; the target counts {counts:?}"
     );
+    // A signal passed on twice may arrive late: keep looking for a while
+    // after the counts first were right.
+    let watch_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < watch_until {
+        std::thread::sleep(Duration::from_millis(50));
+        target.send("report");
+        let later = target.line();
+        assert_eq!(later, once, "a signal was delivered again after the first time");
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(watcher.id() as i32),
         nix::sys::signal::Signal::SIGINT,

@@ -339,7 +339,10 @@ mod tests {
     #[test]
     fn mapped_file_path_is_raw() {
         use crate::test_skip::{Capability, capability, unmet};
-        if unmet(capability(Capability::SysAdmin, "to read /proc/PID/map_files")) {
+        if unmet(capability(
+            Capability::SysAdmin,
+            "to read /proc/PID/map_files",
+        )) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

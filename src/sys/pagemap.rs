@@ -287,7 +287,11 @@ mod tests {
             "pagemap table, three ranges: {from_table:x?}, expected {per_range:x?}"
         );
         if map.scan_supported {
-            assert_eq!(map.populated_in(&ranges).unwrap(), per_range, "PAGEMAP_SCAN");
+            assert_eq!(
+                map.populated_in(&ranges).unwrap(),
+                per_range,
+                "PAGEMAP_SCAN"
+            );
         }
         // SAFETY: unmapping exactly what we mapped.
         unsafe { libc::munmap(base, len) };

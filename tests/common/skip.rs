@@ -160,6 +160,19 @@ pub fn unmet(check: Result<(), Missing>) -> bool {
     }
 }
 
+/// The value, or `None` after recording why it is missing (see [`skip`]):
+/// `let Some(mount) = available(Tmpfs::mount(..)) else { return };`.
+#[track_caller]
+pub fn available<T>(value: Result<T, Missing>) -> Option<T> {
+    match value {
+        Ok(v) => Some(v),
+        Err(missing) => {
+            skip(&missing);
+            None
+        }
+    }
+}
+
 /// Records a check that does not apply on this machine, for a test that
 /// goes on with its other checks.
 pub fn not_applicable(reason: impl Into<String>) {
@@ -176,6 +189,7 @@ pub fn not_applicable(reason: impl Into<String>) {
 pub enum Capability {
     Setgid = 6,
     Setuid = 7,
+    Setpcap = 8,
     SysPtrace = 19,
     SysAdmin = 21,
 }
@@ -185,6 +199,7 @@ impl Capability {
         match self {
             Capability::Setgid => "CAP_SETGID",
             Capability::Setuid => "CAP_SETUID",
+            Capability::Setpcap => "CAP_SETPCAP",
             Capability::SysPtrace => "CAP_SYS_PTRACE",
             Capability::SysAdmin => "CAP_SYS_ADMIN",
         }

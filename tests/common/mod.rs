@@ -329,6 +329,8 @@ pub enum Program {
     DState,
     /// `forked.c` as a PIE.
     Forked,
+    /// `reservation.c` as a PIE.
+    Reservation,
 }
 
 impl Program {
@@ -346,6 +348,7 @@ impl Program {
             Program::Busy => "busy",
             Program::DState => "dstate",
             Program::Forked => "forked",
+            Program::Reservation => "reservation",
         }
     }
     fn source(self) -> &'static str {
@@ -361,6 +364,7 @@ impl Program {
             Program::Busy => "busy.c",
             Program::DState => "dstate.c",
             Program::Forked => "forked.c",
+            Program::Reservation => "reservation.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {

@@ -72,6 +72,46 @@ fn manifest_of(core: &Path) -> Value {
     serde_json::from_slice(&text).unwrap()
 }
 
+/// `sha256sum FILE`'s digest.
+fn sha256sum(file: &Path) -> String {
+    let out = run_with_timeout(Command::new("sha256sum").arg(file), DUMP_TIMEOUT, false);
+    assert!(out.success(), "sha256sum failed:\n{}", out.describe());
+    out.stdout
+        .split_whitespace()
+        .next()
+        .expect("sha256sum prints a digest")
+        .to_string()
+}
+
+/// The chunked SHA-256 root of a plain core as `docs/chunked_sha256.py`
+/// (Python's standard library, independent of coresnap's code) computes it.
+fn chunked_sha256_by_script(core: &Path, chunk_size: u64) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/chunked_sha256.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(core).arg(chunk_size.to_string());
+    let out = run_with_timeout(&mut cmd, DUMP_TIMEOUT, false);
+    assert!(
+        out.success(),
+        "{} failed:\n{}",
+        script.display(),
+        out.describe()
+    );
+    out.stdout
+        .split_whitespace()
+        .next()
+        .expect("the script prints a digest")
+        .to_string()
+}
+
+/// The manifest's chunk size, after checking it is coresnap's.
+fn chunk_size_of(manifest: &Value) -> u64 {
+    let size = manifest["core"]["chunk_size"]
+        .as_u64()
+        .expect("core.chunk_size");
+    assert_eq!(size, 256 << 10, "docs/MANIFEST.md names 256 KiB chunks");
+    size
+}
+
 fn zstd_d(input: &Path, output: &Path, extra: &[&str]) {
     let mut cmd = Command::new("zstd");
     cmd.args(["-d", "-q", "-f"])
@@ -204,18 +244,31 @@ fn compressed_core_restores_and_loads_like_a_plain_one() {
         "zstd -d and unpack differ"
     );
 
-    // The manifest's core hashes are those of the restored bytes.
+    // The manifest's core hashes are those of the restored bytes: the
+    // chunked root as the documented script computes it, and the flat
+    // SHA-256 only for a small core (up to 16 MiB).
     let manifest = manifest_of(&zst);
-    let sha = run_with_timeout(
-        Command::new("sha256sum").arg(&unpacked),
-        DUMP_TIMEOUT,
-        false,
+    assert_eq!(
+        manifest["core"]["sha256_chunked"].as_str(),
+        Some(chunked_sha256_by_script(&unpacked, chunk_size_of(&manifest)).as_str()),
+        "{manifest:#}"
     );
-    assert!(
-        sha.stdout
-            .starts_with(manifest["core"]["sha256"].as_str().unwrap()),
-        "{}\n{manifest:#}",
-        sha.stdout
+    let length = manifest["core"]["length"].as_u64().unwrap();
+    if length <= 16 << 20 {
+        assert_eq!(
+            manifest["core"]["sha256"].as_str(),
+            Some(sha256sum(&unpacked).as_str())
+        );
+    } else {
+        assert!(
+            manifest["core"].get("sha256").is_none(),
+            "a {length}-byte core has no flat hash unless asked: {manifest:#}"
+        );
+    }
+    assert_eq!(
+        manifest["file"]["sha256"].as_str(),
+        Some(sha256sum(&zst).as_str()),
+        "the .zst's own flat SHA-256"
     );
     assert_eq!(manifest["file"]["format"], "zstd-seekable");
     assert_eq!(
@@ -355,7 +408,7 @@ fn memory_matches_and_manifest_explains_every_mapping() {
     let note = coresnap_note(&plain);
     let manifest = manifest_of(&plain);
     assert_eq!(note["schema"], "coresnap-manifest");
-    assert_eq!(note["version"], 1);
+    assert_eq!(note["version"], 2);
     assert!(note.get("core").is_none() && note["capture"].get("pause_us").is_none());
     assert_contained(&note, &manifest, "$");
     assert_eq!(
@@ -461,8 +514,40 @@ fn verify_catches_damage() {
     let offset = (offset..).find(|&o| bytes[o as usize] != 0).unwrap() as usize;
     bytes[offset] ^= 0x01;
     fs::write(&flipped, &bytes).unwrap();
-    let report = assert_not_verified(&flipped, "SHA-256 is");
+    let report = assert_not_verified(&flipped, "chunked (256 KiB chunks): SHA-256 is");
     assert!(report.contains("BLAKE3 is"), "{report}");
+
+    // A hole punched into a page of data: the bytes read as zeros now, and
+    // the chunk they were in no longer hashes as stored data did.
+    let punched = dir.join("punched.1");
+    fs::copy(&plain, &punched).unwrap();
+    fs::copy(
+        format!("{}.json", plain.display()),
+        dir.join("punched.1.json"),
+    )
+    .unwrap();
+    assert_verified(&punched);
+    let page = offset as u64 & !4095;
+    let file = fs::OpenOptions::new().write(true).open(&punched).unwrap();
+    // SAFETY: fallocate on a descriptor this test owns; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            page as libc::off_t,
+            4096,
+        )
+    };
+    assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+    drop(file);
+    assert!(
+        fs::read(&punched).unwrap()[page as usize..page as usize + 4096]
+            .iter()
+            .all(|&b| b == 0),
+        "the punched page reads as zeros"
+    );
+    let report = assert_not_verified(&punched, "chunked (256 KiB chunks): SHA-256 is");
+    assert!(report.contains("file length: "), "{report}");
 
     // Truncated: the plain core and the .zst.
     let short = dir.join("short.1");
@@ -472,7 +557,11 @@ fn verify_catches_damage() {
         dir.join("short.1.json"),
     )
     .unwrap();
-    assert_not_verified(&short, "(truncated)");
+    let report = assert_not_verified(&short, "(truncated)");
+    assert!(
+        report.contains("chunked (256 KiB chunks): SHA-256 is"),
+        "{report}"
+    );
     let zbytes = fs::read(&zst).unwrap();
     let short_z = dir.join("short.1.zst");
     fs::write(&short_z, &zbytes[..zbytes.len() / 2]).unwrap();
@@ -610,4 +699,69 @@ fn failed_or_refused_dumps_leave_nothing() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
+}
+
+/// The flat hashes: a small core gets them (`sha256sum` of the file equals
+/// the manifest's), a larger one only with `--flat-hash`; and the chunked
+/// root of both, recomputed by `docs/chunked_sha256.py`, is the manifest's.
+#[test]
+fn flat_hashes_for_small_cores_and_on_request() {
+    let scratch = Scratch::new("archive-flat");
+    let dir = scratch.path();
+    let files = dir.join("files");
+    fs::create_dir_all(&files).unwrap();
+    let small = Target::spawn(&build(Program::Memory), &[files.as_os_str()]);
+    wait_threads_sleeping(small.pid, &[]);
+    let core = dump_as(small.pid, dir, "small", &[]);
+    let manifest = manifest_of(&core);
+    let length = manifest["core"]["length"].as_u64().unwrap();
+    assert!(
+        length <= 16 << 20,
+        "the memory target's core is small: {length}"
+    );
+    let flat = sha256sum(&core);
+    assert_eq!(manifest["core"]["sha256"].as_str(), Some(flat.as_str()));
+    assert_eq!(manifest["file"]["sha256"].as_str(), Some(flat.as_str()));
+    assert_eq!(
+        manifest["core"]["sha256_chunked"].as_str(),
+        Some(chunked_sha256_by_script(&core, chunk_size_of(&manifest)).as_str())
+    );
+    assert_verified(&core);
+
+    let t = start_threads_target(Program::Threads);
+    let default = dump_as(t.pid, dir, "default", &[]);
+    let manifest = manifest_of(&default);
+    assert!(
+        manifest["core"]["length"].as_u64().unwrap() > 16 << 20,
+        "the threads target's core is larger than 16 MiB"
+    );
+    assert!(manifest["core"].get("sha256").is_none(), "{manifest:#}");
+    assert!(manifest["file"].get("sha256").is_none(), "{manifest:#}");
+    assert_eq!(
+        manifest["core"]["sha256_chunked"].as_str(),
+        Some(chunked_sha256_by_script(&default, chunk_size_of(&manifest)).as_str())
+    );
+    let report = verify(&default);
+    assert!(
+        report.success() && report.stdout.contains("chunked (256 KiB chunks): SHA-256"),
+        "{}",
+        report.describe()
+    );
+
+    wait_threads_sleeping(t.pid, &[]);
+    let asked = dump_as(t.pid, dir, "asked", &["--flat-hash"]);
+    let manifest = manifest_of(&asked);
+    let flat = sha256sum(&asked);
+    assert_eq!(manifest["core"]["sha256"].as_str(), Some(flat.as_str()));
+    assert_eq!(manifest["file"]["sha256"].as_str(), Some(flat.as_str()));
+    assert_eq!(
+        manifest["core"]["sha256_chunked"].as_str(),
+        Some(chunked_sha256_by_script(&asked, chunk_size_of(&manifest)).as_str())
+    );
+    let report = verify(&asked);
+    assert!(
+        report.success() && report.stdout.contains(&format!("file: SHA-256 {flat}")),
+        "{}",
+        report.describe()
+    );
 }

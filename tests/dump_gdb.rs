@@ -490,9 +490,9 @@ fn check_registers(d: Dumper) {
     let core = dump(d, t.pid, scratch.path(), &[]);
     assert_running_untraced(t.pid);
     let (preamble, out) = run_gdb_split(&t.exe, &core, &cmds);
-    // gdb 13 warns, and drops the vector registers, when NT_X86_XSTATE is
-    // shorter than it computes from XCR0 (an area left in an AMD layout, or
-    // a trimmed AMX one).
+    // gdb 13 warns, and drops the upper vector registers, when
+    // NT_X86_XSTATE is shorter than the size it computes from XCR0, as an
+    // area left in AMD's layout is.
     assert!(
         !preamble.contains(".reg-xstate") && !out.iter().any(|o| o.contains(".reg-xstate")),
         "gdb complains about the XSAVE note:\n{preamble}"

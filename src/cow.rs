@@ -42,6 +42,20 @@ pub enum CowError {
     Memory(#[from] MemoryError),
 }
 
+impl CowError {
+    /// What the failed attempt left in the target, for the message that
+    /// reports it: nothing, unless the borrowed thread could not be put
+    /// back as it was.
+    pub fn effect_on_target(&self) -> &'static str {
+        match self {
+            CowError::Inject(e) if !e.target_unchanged() => {
+                "the thread it borrowed may not be as it was (see above)"
+            }
+            _ => "nothing was changed in it",
+        }
+    }
+}
+
 /// A region read while the target was frozen.
 struct Preloaded {
     start: u64,
@@ -269,32 +283,29 @@ fn reap_in_target(pid: i32, child: i32, timeout: Duration) -> Result<(), InjectE
         }
     };
     ptrace::seize(pid).map_err(pt("SEIZE"))?;
+    // A signal the thread stops on instead of the interrupt is handed back
+    // when it is let go, whatever else happens.
+    let mut owed = None;
     let outcome = (|| {
         ptrace::interrupt(pid).map_err(pt("INTERRUPT"))?;
         let deadline = Instant::now() + timeout;
-        let owed = loop {
+        loop {
             match ptrace::poll_stop(pid).map_err(pt("waitpid"))? {
                 StopEvent::NotYet if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_micros(50))
                 }
                 StopEvent::NotYet => return Err(InjectError::Timeout { tid: pid, timeout }),
                 StopEvent::Gone => return Err(InjectError::ThreadGone { tid: pid }),
-                StopEvent::Trapped { .. } => break None,
-                StopEvent::SignalDelivery { signal } => break Some(signal),
+                StopEvent::Trapped { .. } => break,
+                StopEvent::SignalDelivery { signal } => {
+                    owed = Some(signal);
+                    break;
+                }
             }
-        };
+        }
         let args = [child as u64, 0, libc::__WALL as u64, 0, 0, 0];
-        let result = inject::inject_syscall(pid, pid, SYS_WAIT4, args, false, timeout);
-        Ok((result, owed))
+        inject::inject_syscall(pid, pid, SYS_WAIT4, args, false, timeout).map(drop)
     })();
-    match outcome {
-        Ok((result, owed)) => {
-            let _ = ptrace::detach(pid, owed);
-            result.map(|_| ())
-        }
-        Err(e) => {
-            let _ = ptrace::detach(pid, None);
-            Err(e)
-        }
-    }
+    let _ = ptrace::detach(pid, owed);
+    outcome
 }

@@ -170,7 +170,8 @@ pub enum DumpError {
     #[error(transparent)]
     Freeze(#[from] FreezeError),
     #[error(
-        "--mode cow is not possible for process {pid}: {source}; nothing was changed in it (drop --no-fallback to dump it in stop mode)"
+        "--mode cow is not possible for process {pid}: {source}; {} (drop --no-fallback to dump it in stop mode)",
+        .source.effect_on_target()
     )]
     Cow {
         pid: i32,

@@ -3,7 +3,6 @@
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 /// What `waitpid` reported for a tracee we asked to stop.
@@ -41,50 +40,86 @@ pub fn interrupt(tid: i32) -> Result<(), Errno> {
 }
 
 /// Detach, re-delivering a signal the thread was stopped on, if any.
+///
+/// The number goes to the kernel as it is: nix's `Signal` has no real-time
+/// signals, and converting through it turned SIGRTMIN into "no signal".
+/// Passing the number the thread stopped on keeps its siginfo (sender,
+/// value), since the kernel only rewrites it for a different signal.
 pub fn detach(tid: i32, signal: Option<i32>) -> Result<(), Errno> {
-    let sig = signal.and_then(|s| Signal::try_from(s).ok());
-    ptrace::detach(Pid::from_raw(tid), sig)
+    raw_request(libc::PTRACE_DETACH, tid, 0, signal.unwrap_or(0) as usize)
+}
+
+/// A ptrace request whose `addr` and `data` are plain numbers.
+fn raw_request(request: libc::c_uint, tid: i32, addr: usize, data: usize) -> Result<(), Errno> {
+    // SAFETY: every caller passes a request whose addr and data are values,
+    // not pointers, so the kernel reads or writes no memory of ours.
+    let rc = unsafe {
+        libc::ptrace(
+            request,
+            tid as libc::pid_t,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `waitpid(tid, __WALL | WNOHANG)`, undecoded: `None` when nothing is
+/// reported yet. nix's `waitpid` fails with EINVAL on a stop for a
+/// real-time signal (its `Signal` cannot hold one) after the kernel has
+/// already consumed the report, so the status is decoded here instead.
+fn wait_raw(tid: i32) -> Result<Option<(i32, libc::c_int)>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a valid, writable c_int for the duration of the
+    // call; waitpid has no other memory effects.
+    let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+    match rc {
+        0 => Ok(None),
+        rc if rc < 0 => Err(Errno::last()),
+        rc => Ok(Some((rc, status))),
+    }
+}
+
+/// What a `waitpid` status says, for a tracee.
+fn decode(status: libc::c_int) -> TraceStop {
+    if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+        return TraceStop::Exited;
+    }
+    if !libc::WIFSTOPPED(status) {
+        return TraceStop::NotYet;
+    }
+    let signal = libc::WSTOPSIG(status);
+    match (status >> 16) & 0xff {
+        0 => TraceStop::Signal { signal },
+        libc::PTRACE_EVENT_STOP => TraceStop::GroupOrInterrupt { signal },
+        event => TraceStop::Event { event },
+    }
 }
 
 /// Polls (WNOHANG) for the stop of one tracee; the caller owns the timeout so
 /// that a thread stuck in D state cannot hang coresnap.
 pub fn poll_stop(tid: i32) -> Result<StopEvent, Errno> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: `status` is a valid, writable c_int for the duration of the
-    // call; waitpid has no other memory effects.
-    let rc = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
-    if rc == 0 {
-        return Ok(StopEvent::NotYet);
-    }
-    if rc < 0 {
-        let err = Errno::last();
-        return if err == Errno::ECHILD {
-            Ok(StopEvent::Gone)
-        } else {
-            Err(err)
-        };
-    }
-    if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-        return Ok(StopEvent::Gone);
-    }
-    if !libc::WIFSTOPPED(status) {
-        return Ok(StopEvent::NotYet);
-    }
-    let sig = libc::WSTOPSIG(status);
-    let event = (status >> 16) & 0xff;
-    if event == libc::PTRACE_EVENT_STOP {
-        let group_stop = match sig {
-            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Some(sig),
-            _ => None,
-        };
-        Ok(StopEvent::Trapped { group_stop })
-    } else if event != 0 {
+    let status = match wait_raw(tid) {
+        Ok(Some((_, status))) => status,
+        Ok(None) => return Ok(StopEvent::NotYet),
+        Err(Errno::ECHILD) => return Ok(StopEvent::Gone),
+        Err(errno) => return Err(errno),
+    };
+    Ok(match decode(status) {
+        TraceStop::NotYet => StopEvent::NotYet,
+        TraceStop::Exited => StopEvent::Gone,
+        TraceStop::Signal { signal } => StopEvent::SignalDelivery { signal },
+        TraceStop::GroupOrInterrupt { signal } => StopEvent::Trapped {
+            group_stop: matches!(
+                signal,
+                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+            )
+            .then_some(signal),
+        },
         // Another ptrace event (we set no options, so this should not happen):
-        // treat it as a plain stop that owes no signal.
-        Ok(StopEvent::Trapped { group_stop: None })
-    } else {
-        Ok(StopEvent::SignalDelivery { signal: sig })
-    }
+        // a plain stop that owes no signal.
+        TraceStop::Event { .. } => StopEvent::Trapped { group_stop: None },
+    })
 }
 
 /// `PTRACE_GETREGSET` into `buf`; returns how many bytes the kernel filled,
@@ -133,24 +168,7 @@ pub enum TraceStop {
 }
 
 pub fn poll_trace_stop(tid: i32) -> Result<TraceStop, Errno> {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    match waitpid(
-        Pid::from_raw(tid),
-        Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
-    )? {
-        WaitStatus::StillAlive => Ok(TraceStop::NotYet),
-        WaitStatus::PtraceEvent(_, signal, event) if event == libc::PTRACE_EVENT_STOP => {
-            Ok(TraceStop::GroupOrInterrupt {
-                signal: signal as i32,
-            })
-        }
-        WaitStatus::PtraceEvent(_, _, event) => Ok(TraceStop::Event { event }),
-        WaitStatus::Stopped(_, signal) => Ok(TraceStop::Signal {
-            signal: signal as i32,
-        }),
-        WaitStatus::Exited(..) | WaitStatus::Signaled(..) => Ok(TraceStop::Exited),
-        _ => Ok(TraceStop::NotYet),
-    }
+    Ok(wait_raw(tid)?.map_or(TraceStop::NotYet, |(_, status)| decode(status)))
 }
 
 pub fn set_options(tid: i32, trace_clone: bool, exit_kill: bool) -> Result<(), Errno> {
@@ -185,8 +203,7 @@ pub fn set_regs(tid: i32, regs: libc::user_regs_struct) -> Result<(), Errno> {
 /// Resumes a stopped tracee, delivering `signal` (the one it stopped on, for
 /// a signal that is passed through unchanged).
 pub fn resume_with(tid: i32, signal: Option<i32>) -> Result<(), Errno> {
-    let sig = signal.and_then(|s| Signal::try_from(s).ok());
-    ptrace::cont(Pid::from_raw(tid), sig)
+    raw_request(libc::PTRACE_CONT, tid, 0, signal.unwrap_or(0) as usize)
 }
 
 /// `PTRACE_LISTEN`: leave a seized tracee in its group-stop (as SIGSTOP
@@ -224,31 +241,64 @@ pub fn get_siginfo(tid: i32) -> Result<[u8; 128], Errno> {
 /// Any event from any tracee of this thread (`waitpid(-1, __WALL|WNOHANG)`):
 /// the pid it concerns and what happened.
 pub fn poll_any() -> Result<Option<(i32, TraceStop)>, Errno> {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    let status = match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-        Err(Errno::ECHILD) => return Ok(None),
-        other => other?,
+    match wait_raw(-1) {
+        Err(Errno::ECHILD) => Ok(None),
+        Err(errno) => Err(errno),
+        Ok(None) => Ok(None),
+        Ok(Some((pid, status))) => match decode(status) {
+            TraceStop::NotYet => Ok(None),
+            stop => Ok(Some((pid, stop))),
+        },
+    }
+}
+
+/// `PTRACE_SETSIGINFO`: the siginfo the kernel hands on with the signal
+/// when a signal-delivery-stop is resumed with that same signal.
+pub fn set_siginfo(tid: i32, raw: &[u8; 128]) -> Result<(), Errno> {
+    // SAFETY: the kernel reads exactly sizeof(siginfo_t) = 128 bytes from
+    // the data pointer, and `raw` is 128 readable bytes.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGINFO,
+            tid as libc::pid_t,
+            std::ptr::null_mut::<libc::c_void>(),
+            raw.as_ptr() as *mut libc::c_void,
+        )
     };
-    let stop = match status {
-        WaitStatus::StillAlive => return Ok(None),
-        WaitStatus::PtraceEvent(pid, signal, event) => (
-            pid,
-            if event == libc::PTRACE_EVENT_STOP {
-                TraceStop::GroupOrInterrupt {
-                    signal: signal as i32,
-                }
-            } else {
-                TraceStop::Event { event }
-            },
-        ),
-        WaitStatus::Stopped(pid, signal) => (
-            pid,
-            TraceStop::Signal {
-                signal: signal as i32,
-            },
-        ),
-        WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => (pid, TraceStop::Exited),
-        _ => return Ok(None),
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// The kernel's signal set is one 64-bit word on x86_64 (bit N-1 for
+/// signal N).
+const SIGSET_BYTES: usize = 8;
+
+/// `PTRACE_GETSIGMASK`: the signals the thread blocks.
+pub fn get_sigmask(tid: i32) -> Result<u64, Errno> {
+    let mut mask = 0u64;
+    // SAFETY: the kernel writes SIGSET_BYTES (8) bytes to the data pointer,
+    // which points at `mask`, 8 writable bytes.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGMASK,
+            tid as libc::pid_t,
+            SIGSET_BYTES as *mut libc::c_void,
+            &mut mask as *mut u64 as *mut libc::c_void,
+        )
     };
-    Ok(Some((stop.0.as_raw(), stop.1)))
+    if rc < 0 { Err(Errno::last()) } else { Ok(mask) }
+}
+
+/// `PTRACE_SETSIGMASK` (the kernel never blocks SIGKILL or SIGSTOP).
+pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), Errno> {
+    // SAFETY: the kernel reads SIGSET_BYTES (8) bytes from the data
+    // pointer, which points at `mask`, 8 readable bytes.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETSIGMASK,
+            tid as libc::pid_t,
+            SIGSET_BYTES as *mut libc::c_void,
+            &mask as *const u64 as *mut libc::c_void,
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }

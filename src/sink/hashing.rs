@@ -168,17 +168,13 @@ impl Algorithm for sha2::Sha256 {
     }
 }
 
-/// Feeds `n` zero bytes to `hasher`; false if stopped on the way.
-fn update_zeros<A: Algorithm>(hasher: &mut A, mut n: u64, stop: &AtomicBool) -> bool {
-    while n > 0 {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
+/// Feeds `n` zero bytes to `hasher`, unless stopped on the way.
+fn update_zeros<A: Algorithm>(hasher: &mut A, mut n: u64, stop: &AtomicBool) {
+    while n > 0 && !stop.load(Ordering::Relaxed) {
         let k = n.min(ZEROS.len() as u64) as usize;
         hasher.update(&ZEROS[..k]);
         n -= k as u64;
     }
-    true
 }
 
 /// The chunked hash of a stream with one algorithm:
@@ -199,6 +195,7 @@ impl<A: Algorithm> Chunked<A> {
         let mut root = A::new();
         root.update(CHUNKED_TAG);
         root.update(&size.to_le_bytes());
+        // The hash every whole chunk of zeros has: computed once per stream.
         let mut zero = A::new();
         update_zeros(&mut zero, size, &AtomicBool::new(false));
         let zero = zero.finish_reset();

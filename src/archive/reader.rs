@@ -98,8 +98,8 @@ impl SeekableCore {
         (start, len)
     }
 
-    /// The compressed bytes of frame `index`.
-    pub fn raw_frame(&self, index: u32) -> Result<Vec<u8>, ArchiveError> {
+    /// File (start, length) of frame `index`'s compressed bytes.
+    pub fn compressed_range(&self, index: u32) -> Result<(u64, u64), ArchiveError> {
         let corrupt = |what: String| ArchiveError::Corrupt {
             path: self.path.clone(),
             what,
@@ -112,6 +112,12 @@ impl SeekableCore {
             .table
             .frame_size_comp(index)
             .map_err(|e| corrupt(e.to_string()))?;
+        Ok((start, len))
+    }
+
+    /// The compressed bytes of frame `index`.
+    pub fn raw_frame(&self, index: u32) -> Result<Vec<u8>, ArchiveError> {
+        let (start, len) = self.compressed_range(index)?;
         let mut compressed = vec![0u8; len as usize];
         self.file
             .read_exact_at(&mut compressed, start)

@@ -135,6 +135,7 @@ struct Cli {
     /// prints) when it is larger than 16 MiB: they hash every hole's zeros,
     /// so a huge sparse core takes as long as its logical size. Smaller
     /// cores always get them; the chunked hashes are always there.
+    /// Example: --flat-hash
     #[arg(long = "flat-hash", conflicts_with = "no_manifest")]
     flat_hash: bool,
 

@@ -243,6 +243,7 @@ fn compressed_core_restores_and_loads_like_a_plain_one() {
         fs::read(&by_zstd).unwrap() == fs::read(&unpacked).unwrap(),
         "zstd -d and unpack differ"
     );
+    common::elf_readers::assert_readers_agree(&unpacked);
 
     // The manifest's core hashes are those of the restored bytes: the
     // chunked root as the documented script computes it, and the flat
@@ -336,6 +337,7 @@ fn memory_matches_and_manifest_explains_every_mapping() {
         "-o",
         unpacked.to_str().unwrap(),
     ]);
+    common::elf_readers::assert_readers_agree(&unpacked);
 
     let keys = [
         "heap", "stack", "global", "shanon", "memfd", "delfile", "dontdump",

@@ -1075,6 +1075,7 @@ fn threads_created_and_joined_while_attaching() {
             os(target.pid.to_string()),
         ]);
         assert_eq!(run.code(), Some(0), "round {round}: {run:?}");
+        common::elf_readers::assert_readers_agree(&core);
         let threads = Core::head(&core).thread_ids();
         assert_eq!(
             threads.len(),
@@ -1259,6 +1260,7 @@ fn d_state_thread_is_released_before_the_next_pid() {
         dir.path().join(format!("core.{}", big.pid)).exists(),
         "{written:?} {run:?}"
     );
+    common::elf_readers::assert_readers_agree(&dir.path().join(format!("core.{}", big.pid)));
     assert!(
         written.iter().all(|n| n
             .as_bytes()
@@ -1559,6 +1561,7 @@ fn check_mapped_names(names: &[&[u8]]) {
         os(target.pid.to_string()),
     ]);
     assert_eq!(run.code(), Some(0), "{run:?}");
+    common::elf_readers::assert_readers_agree(&core_path);
     assert_state_is(target.pid, None, &before, "after dumping");
     let core = Core::read(&core_path);
     let files_note = core.files();
@@ -1735,6 +1738,7 @@ fn soak_200_dumps_of_a_busy_target() {
         ]);
         in_coresnap += run.elapsed;
         assert_eq!(run.code(), Some(0), "round {round}: {run:?}");
+        common::elf_readers::assert_readers_agree(&core);
         let threads = Core::head(&core).thread_ids();
         assert_eq!(threads[0], target.pid, "round {round}");
         assert_eq!(
@@ -1886,7 +1890,10 @@ fn permission_denied_for_another_users_process() {
 #[test]
 fn permission_denied_for_a_process_that_is_not_dumpable() {
     require!(
-        capability(Capability::SysPtrace, "to dump a process that is not dumpable"),
+        capability(
+            Capability::SysPtrace,
+            "to dump a process that is not dumpable"
+        ),
         runs_via(&AS_NOBODY)
     );
     let dir = scratch_for_anyone("nodump");
@@ -1907,6 +1914,7 @@ fn permission_denied_for_a_process_that_is_not_dumpable() {
     let (prefix, core) = prefix_and_core(dir.path(), target.pid);
     let run = coresnap(&[os("-o"), prefix, os(target.pid.to_string())]);
     assert_eq!(run.code(), Some(0), "{run:?}");
+    common::elf_readers::assert_readers_agree(&core);
     assert_eq!(Core::read(&core).thread_ids().len(), stable.len());
     assert_eq!(gdb_threads(&build(Program::Busy), &core), stable);
     target.assert_alive();
@@ -1921,7 +1929,10 @@ fn permission_denied_for_a_process_that_is_not_dumpable() {
 #[test]
 fn permission_denied_without_cap_sys_ptrace() {
     require!(
-        capability(Capability::SysPtrace, "so that the target holds a capability coresnap lacks"),
+        capability(
+            Capability::SysPtrace,
+            "so that the target holds a capability coresnap lacks"
+        ),
         runs_via(&WITHOUT_CAP_SYS_PTRACE)
     );
     let dir = scratch("nocap");
@@ -2025,6 +2036,7 @@ fn dump_unattached(target: &Target, dir: &Path, extra: &[&str], held_by: &str) -
     args.extend([os("-o"), prefix, os(target.pid.to_string())]);
     let run = coresnap(&args);
     assert_eq!(run.code(), Some(0), "{run:?}");
+    common::elf_readers::assert_readers_agree(&core);
     assert!(run.stderr.contains("the registers are partial"), "{run:?}");
     let capture = manifest_capture(&core);
     assert_eq!(capture["registers"], "partial", "{capture}");
@@ -2318,6 +2330,7 @@ fn memory_shared_with_a_parent_stays_shared() {
         args.extend(extra.map(os));
         let run = coresnap(&args);
         assert_eq!(run.code(), Some(0), "{extra:?}: {run:?}");
+        common::elf_readers::assert_readers_agree(&core_path);
         let after = private_kb(child);
         assert!(
             after < before + 4096,

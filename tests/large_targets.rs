@@ -157,6 +157,7 @@ fn streaming_to_stdout_matches_the_file() {
     let result = run_with_timeout(&mut cmd, DUMP_TIMEOUT, false);
     assert!(result.success(), "{}", result.describe());
     assert_stopped_untraced(target.pid);
+    common::elf_readers::assert_readers_agree(&streamed);
     let a = std::fs::read(&file_core).unwrap();
     let b = std::fs::read(&streamed).unwrap();
     assert_eq!(a.len(), b.len(), "streamed core has a different length");

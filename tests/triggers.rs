@@ -159,6 +159,7 @@ fn segfault_is_caught_and_still_kills_the_target() {
     let (code, err) = wait_child(&mut watcher, Duration::from_secs(30));
     assert_eq!(code, 0, "{err}");
     let exe = build(Program::Crasher);
+    common::elf_readers::assert_readers_agree(&core_path(&prefix, target.pid));
     let out = run_gdb(
         &exe,
         &core_path(&prefix, target.pid),
@@ -220,6 +221,7 @@ fn handled_segfault_lets_the_target_go_on() {
     assert_running_untraced(target.pid);
     target.send("report");
     assert_eq!(target.line(), "counts usr1=0 chld=0 pipe=0");
+    common::elf_readers::assert_readers_agree(&core_path(&prefix, target.pid));
     let out = run_gdb(
         &build(Program::Crasher),
         &core_path(&prefix, target.pid),
@@ -260,7 +262,10 @@ fn other_signals_pass_through_exactly_once() {
         std::thread::sleep(Duration::from_millis(50));
         target.send("report");
         let later = target.line();
-        assert_eq!(later, once, "a signal was delivered again after the first time");
+        assert_eq!(
+            later, once,
+            "a signal was delivered again after the first time"
+        );
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(watcher.id() as i32),
@@ -305,6 +310,8 @@ fn cpu_condition_dumps_only_after_it_held() {
     );
     let second = PathBuf::from(format!("{}.{}.2", prefix.display(), target.pid));
     assert!(first.exists() && second.exists(), "{err}");
+    common::elf_readers::assert_readers_agree(&first);
+    common::elf_readers::assert_readers_agree(&second);
     let out = run_gdb(&build(Program::Crasher), &first, &["bt"]);
     assert!(out.contains("spin_here"), "{out}");
     assert_running_untraced(target.pid);

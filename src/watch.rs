@@ -233,7 +233,21 @@ fn freeze_around(
                         owed_signal: Some(signal),
                     });
                 }
-                TraceStop::Event { .. } | TraceStop::GroupOrInterrupt { .. } => {
+                TraceStop::Event { event } => {
+                    waiting.swap_remove(index);
+                    frozen.push(FrozenThread {
+                        tid: t,
+                        owed_signal: None,
+                    });
+                    // A thread created just now is attached already and
+                    // stops by itself: it is frozen (and released) too.
+                    if event == PTRACE_EVENT_CLONE
+                        && let Ok(new) = ptrace::event_message(t)
+                    {
+                        waiting.push(new as i32);
+                    }
+                }
+                TraceStop::GroupOrInterrupt { .. } => {
                     waiting.swap_remove(index);
                     frozen.push(FrozenThread {
                         tid: t,

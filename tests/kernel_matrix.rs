@@ -880,12 +880,22 @@ fn host_facts(lab: &Path) -> (String, String, String) {
         .get("pagemap_scan")
         .cloned()
         .unwrap_or_else(|| "?".into());
-    let freezer = std::fs::read_dir("/sys/fs/cgroup")
-        .map(|dirs| {
-            dirs.filter_map(Result::ok)
-                .any(|d| d.path().join("cgroup.freeze").exists())
-        })
-        .unwrap_or(false);
+    // As in the guest: a fresh cgroup v2 directory has cgroup.freeze when
+    // the kernel has the v2 freezer (the root cgroup never has it).
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            let (fields, fs) = line.split_once(" - ")?;
+            let mount = fields.split_whitespace().nth(4)?;
+            (fs.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+        });
+    let freezer = cgroup2.is_some_and(|mount| {
+        let probe = mount.join(format!("coresnap-matrix-probe-{}", std::process::id()));
+        let has = std::fs::create_dir(&probe).is_ok() && probe.join("cgroup.freeze").exists();
+        let _ = std::fs::remove_dir(&probe);
+        has
+    });
     (release, scan, if freezer { "yes" } else { "no" }.into())
 }
 

@@ -446,3 +446,51 @@ fn on_signal_passes_the_storm_through() {
     }
     storm.assert_nothing_lost("on-signal");
 }
+
+/// Job control keeps its meaning: a SIGSTOP sent while coresnap holds the
+/// target (or borrows its main thread for the clone) still stops it once
+/// coresnap lets go, and SIGCONT then continues it, with the storm going on.
+#[test]
+fn sigstop_during_a_dump_still_stops_the_target() {
+    const ROUNDS: usize = 30;
+    let scratch = Scratch::new("signals-sigstop");
+    let mut storm = Storm::start(&scratch);
+    let pid = storm.target.pid;
+    for round in 0..ROUNDS {
+        let prefix = scratch.path().join(format!("core-{round}"));
+        let mode = if round % 2 == 0 { "cow" } else { "stop" };
+        let mut cmd = coresnap();
+        cmd.args(["--mode", mode])
+            .arg("-o")
+            .arg(&prefix)
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = Guarded(cmd.spawn().expect("start coresnap"));
+        std::thread::sleep(Duration::from_micros(1500 * (round % 20) as u64));
+        storm.target.signal(libc::SIGSTOP);
+        let mut status = None;
+        assert!(
+            wait_until(DUMP_TIMEOUT, || {
+                status = child.0.try_wait().ok().flatten();
+                status.is_some()
+            }),
+            "coresnap did not finish"
+        );
+        let mut stderr = String::new();
+        if let Some(mut err) = child.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+        }
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round} ({mode}): coresnap failed: {status:?}\n{stderr}"
+        );
+        assert_stopped_untraced(pid);
+        storm.target.signal(libc::SIGCONT);
+        assert_running_untraced(pid);
+        let core = core_path(&prefix, pid);
+        let _ = std::fs::remove_file(&core);
+        let _ = std::fs::remove_file(core.with_extension(format!("{pid}.json")));
+    }
+    storm.assert_nothing_lost("sigstop");
+}

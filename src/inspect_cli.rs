@@ -19,10 +19,20 @@ pub struct InspectArgs {
     /// Print JSON (schema in docs/INSPECT.md) instead of text.
     #[arg(long = "json")]
     json: bool,
-    /// Do not check the core against its manifest (FILE.json), which reads
-    /// the whole file.
-    #[arg(long = "no-verify")]
+    /// Also check the core against its manifest (FILE.json), as `coresnap
+    /// verify` does: reads and hashes every stored byte, so it is not done
+    /// unless asked. Example: --verify
+    #[arg(long = "verify", conflicts_with = "no_verify")]
+    verify: bool,
+    /// Do not check the manifest (the default; kept for scripts).
+    #[arg(long = "no-verify", hide = true)]
     no_verify: bool,
+    /// Also read DWARF debug info for names: inlined calls as frames,
+    /// file:line, the compiler's function names (as gdb shows them) and
+    /// tail-call frames. Costs inflating compressed debug
+    /// sections (tens of milliseconds for libc). Example: -b --debug-info
+    #[arg(short = 'g', long = "debug-info")]
+    debug_info: bool,
     /// The manifest (default: FILE.json).
     #[arg(long = "manifest", value_name = "PATH")]
     manifest: Option<PathBuf>,
@@ -43,11 +53,12 @@ pub struct InspectArgs {
 pub fn inspect(args: &InspectArgs) -> ExitCode {
     let mut options = InspectOptions {
         backtrace: args.backtrace,
-        verify: !args.no_verify,
+        verify: args.verify,
         manifest_path: args.manifest.clone(),
         ..InspectOptions::default()
     };
     options.files.use_files = !args.no_files;
+    options.files.debug_info = args.debug_info;
     if !args.debug_dir.is_empty() {
         options.files.debug_dirs = args.debug_dir.clone();
     }

@@ -19,6 +19,7 @@
 //! # Ok::<(), coresnap::inspect::InspectError>(())
 //! ```
 
+pub mod dwarf;
 pub mod elf;
 pub mod extract;
 pub mod memory;
@@ -46,7 +47,9 @@ pub struct InspectOptions {
     pub backtrace: bool,
     /// How mapped files are found.
     pub files: FileOptions,
-    /// Check the core against its manifest when one is there.
+    /// Check the core against its manifest when one is there: reads (and
+    /// decompresses) every stored byte, so off by default; the report then
+    /// says the manifest is present and not checked.
     pub verify: bool,
     /// The manifest, instead of `<FILE>.json`.
     pub manifest_path: Option<PathBuf>,
@@ -57,7 +60,7 @@ impl Default for InspectOptions {
         InspectOptions {
             backtrace: false,
             files: FileOptions::default(),
-            verify: true,
+            verify: false,
             manifest_path: None,
         }
     }
@@ -547,6 +550,7 @@ pub fn fuzz_one(data: &[u8]) -> Option<Report> {
         backtrace: true,
         files: FileOptions {
             use_files: false,
+            debug_info: true,
             ..FileOptions::default()
         },
         verify: false,

@@ -125,7 +125,7 @@ pub struct ManifestStatus {
     /// Where the manifest was looked for.
     pub path: String,
     pub present: bool,
-    /// `verified`, `failed`, `not-checked` (`--no-verify`), `absent`,
+    /// `verified`, `failed`, `not-checked` (without `--verify`), `absent`,
     /// `unavailable`.
     pub verification: String,
     /// Each check and its outcome, when verified.

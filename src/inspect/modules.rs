@@ -9,6 +9,7 @@
 //! `.gnu_debuglink`), and used only when their build-id matches too. The
 //! vDSO is read from the core itself.
 
+use super::dwarf::DebugInfo;
 use super::elf::{CoreFile, split_notes};
 use super::memory::Memory;
 use super::notes::FileMapping;
@@ -96,17 +97,35 @@ pub struct ModuleInfo {
     pub has_cfi: bool,
 }
 
+/// The bytes of an ELF file: mapped from disk, or owned (the vDSO, copied
+/// from the core).
+#[derive(Clone)]
+pub struct FileBytes(Arc<dyn Deref<Target = [u8]> + Send + Sync>);
+
+impl FileBytes {
+    pub fn owned(bytes: Vec<u8>) -> FileBytes {
+        FileBytes(Arc::new(bytes))
+    }
+}
+
+impl Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Section bytes shared with the file's bytes.
 #[derive(Clone)]
 pub struct Shared {
-    data: Arc<[u8]>,
+    data: FileBytes,
     range: Range<usize>,
 }
 
 impl Default for Shared {
     fn default() -> Shared {
         Shared {
-            data: Arc::from(&[][..]),
+            data: FileBytes::owned(Vec::new()),
             range: 0..0,
         }
     }
@@ -136,12 +155,11 @@ pub struct Cfi {
     pub got: Option<Range<u64>>,
 }
 
-type Dwarf = addr2line::Context<EndianArcSlice<LittleEndian>>;
-
 /// What a loaded object can tell.
 pub struct Image {
     symbols: Vec<Sym>,
-    dwarf: Option<Dwarf>,
+    /// Read lazily: most modules of a process hold no frame.
+    dwarf: Option<DebugInfo>,
     pub cfi: Cfi,
 }
 
@@ -191,6 +209,11 @@ pub struct FileOptions {
     pub debug_dirs: Vec<PathBuf>,
     /// Prefix added to every path from the core (a sysroot), if any.
     pub sysroot: Option<PathBuf>,
+    /// Read DWARF for inlined frames, file:line, the compiler's function
+    /// names and tail calls. Off by default: a distribution's debug file
+    /// compresses it, and inflating libc's takes several times longer
+    /// than everything else a backtrace needs (`docs/INSPECT.md`).
+    pub debug_info: bool,
 }
 
 impl Default for FileOptions {
@@ -199,6 +222,7 @@ impl Default for FileOptions {
             use_files: true,
             debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
             sysroot: None,
+            debug_info: false,
         }
     }
 }
@@ -437,7 +461,11 @@ fn load_from_disk(
         info.bias = ElfHeaderPage::parse(&data).and_then(|p| p.bias(header_start));
     }
     let debug = find_debug_file(&data, &path, &core_id, options);
-    match Image::new(data, debug.as_ref().map(|(_, d)| d.clone())) {
+    match Image::new(
+        data,
+        debug.as_ref().map(|(_, d)| d.clone()),
+        options.debug_info,
+    ) {
         Ok(image) => {
             info.status = FileStatus::Used;
             info.debug_file = debug.map(|(p, _)| p.display().to_string());
@@ -450,18 +478,27 @@ fn load_from_disk(
     }
 }
 
-fn read_limited(file: &File) -> std::io::Result<Arc<[u8]>> {
-    use std::io::Read;
+/// The file's bytes, mapped: only the pages the headers, symbol tables,
+/// CFI and debug info looked at are read, where reading a libc and its
+/// debug file whole cost more than the rest of a backtrace.
+fn read_limited(file: &File) -> std::io::Result<FileBytes> {
     let len = file.metadata()?.len();
     if len > MAX_FILE {
         return Err(std::io::Error::other(format!(
             "{len} bytes is too large to read"
         )));
     }
-    let mut data = Vec::with_capacity(len as usize);
-    let mut f = file;
-    f.read_to_end(&mut data)?;
-    Ok(data.into())
+    if len == 0 {
+        return Ok(FileBytes::owned(Vec::new()));
+    }
+    // SAFETY: a private read-only mapping; its bytes are only read through
+    // bounds-checked parsers (object, gimli, framehop), so a file changed
+    // while mapped gives wrong names at worst. Truncating it meanwhile
+    // would raise SIGBUS on a page past the new end, as with the mmap
+    // readers of gdb and elfutils; libraries and debug files are replaced
+    // by renaming a new file over them, which leaves this one intact.
+    let map = unsafe { memmap2::Mmap::map(file)? };
+    Ok(FileBytes(Arc::new(map)))
 }
 
 /// A separate debug file with the same build-id: under each debug dir as
@@ -471,7 +508,7 @@ fn find_debug_file(
     path: &Path,
     build_id: &str,
     options: &FileOptions,
-) -> Option<(PathBuf, Arc<[u8]>)> {
+) -> Option<(PathBuf, FileBytes)> {
     let mut candidates = Vec::new();
     if build_id.len() > 2 {
         for dir in &options.debug_dirs {
@@ -511,7 +548,7 @@ fn find_debug_file(
 }
 
 fn shared_section(
-    data: &Arc<[u8]>,
+    data: &FileBytes,
     obj: &object::File<'_>,
     name: &str,
 ) -> Option<(Shared, Range<u64>)> {
@@ -573,27 +610,15 @@ fn function_symbols(obj: &object::File<'_>, out: &mut Vec<Sym>) {
     }
 }
 
-fn load_dwarf(data: &Arc<[u8]>) -> Option<Dwarf> {
-    let obj = object::File::parse(&**data).ok()?;
-    obj.section_by_name(".debug_info")?;
-    let load = |id: gimli::SectionId| -> Result<EndianArcSlice<LittleEndian>, gimli::Error> {
-        let bytes: Arc<[u8]> = match obj.section_by_name(id.name()) {
-            Some(s) => match s.uncompressed_data() {
-                Ok(d) => Arc::from(&*d),
-                Err(_) => Arc::from(&[][..]),
-            },
-            None => Arc::from(&[][..]),
-        };
-        Ok(EndianArcSlice::new(bytes, LittleEndian))
-    };
-    let dwarf = gimli::Dwarf::load(load).ok()?;
-    addr2line::Context::from_dwarf(dwarf).ok()
-}
-
 impl Image {
     /// An image from the bytes of an ELF file, and optionally of its
-    /// separate debug file.
-    pub fn new(data: Arc<[u8]>, debug: Option<Arc<[u8]>>) -> Result<Image, String> {
+    /// separate debug file (its symbol table, and its DWARF when
+    /// `read_dwarf`).
+    pub fn new(
+        data: FileBytes,
+        debug: Option<FileBytes>,
+        read_dwarf: bool,
+    ) -> Result<Image, String> {
         let obj =
             object::File::parse(&*data).map_err(|e| format!("not a readable ELF file: {e}"))?;
         let mut symbols = Vec::new();
@@ -603,10 +628,12 @@ impl Image {
             && let Ok(dobj) = object::File::parse(&**debug)
         {
             function_symbols(&dobj, &mut symbols);
-            dwarf = load_dwarf(debug);
+            if read_dwarf {
+                dwarf = DebugInfo::new(debug.clone());
+            }
         }
-        if dwarf.is_none() {
-            dwarf = load_dwarf(&data);
+        if read_dwarf && dwarf.is_none() {
+            dwarf = DebugInfo::new(data.clone());
         }
         symbols.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
         symbols.dedup();
@@ -652,7 +679,7 @@ impl Image {
     }
 
     fn dwarf_frames(&self, addr: u64) -> Vec<FunctionFrame> {
-        let Some(ctx) = &self.dwarf else {
+        let Some(ctx) = self.dwarf.as_ref().and_then(|d| d.context(addr)) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -707,7 +734,7 @@ impl Image {
     /// The entry address of the function (DWARF subprogram) holding `addr`
     /// and the call sites inside it (inlined code included).
     pub fn call_sites(&self, addr: u64) -> Option<(u64, Vec<CallSite>)> {
-        let ctx = self.dwarf.as_ref()?;
+        let ctx = self.dwarf.as_ref()?.context(addr)?;
         let unit = ctx.find_dwarf_and_unit(addr).skip_all_loads()?;
         let mut cursor = unit.entries();
         let mut inside: Option<(isize, u64)> = None;
@@ -882,11 +909,11 @@ fn vdso_module<S: ByteSource>(memory: &Memory<'_, S>, addr: u64) -> Option<Modul
     }
     let page = ElfHeaderPage::parse(&bytes)?;
     let bias = page.bias(addr)?;
-    let data: Arc<[u8]> = bytes.into();
+    let data = FileBytes::owned(bytes);
     let build_id = object::File::parse(&*data)
         .ok()
         .and_then(|o| o.build_id().ok().flatten().map(hex_bytes));
-    let image = Image::new(data, None).ok();
+    let image = Image::new(data, None, false).ok();
     let has_cfi = image
         .as_ref()
         .is_some_and(|i| i.cfi.eh_frame.is_some() || i.cfi.debug_frame.is_some());

@@ -183,7 +183,7 @@ pub fn text(r: &Report) -> String {
         }
         "not-checked" => writeln!(
             o,
-            "manifest:   {}: present, not checked (--no-verify)",
+            "manifest:   {}: present, not verified (run `coresnap verify`, or inspect --verify)",
             r.manifest.path
         ),
         "absent" => writeln!(o, "manifest:   none ({} does not exist)", r.manifest.path),

@@ -332,8 +332,10 @@ fn exit_if_stuck_after_signal() {
                 "coresnap: still busy {} s after signal {signal}; exiting, which releases the target",
                 GRACE.as_secs()
             );
-            // The kernel lets go of ptrace stops; a SIGSTOP or a cgroup
-            // freeze of --no-ptrace is coresnap's to undo.
+            // The kernel lets go of ptrace stops, but drops a signal a
+            // thread was held on: sent again. A SIGSTOP or a cgroup freeze
+            // of --no-ptrace is coresnap's to undo.
+            coresnap::process::freeze::resend_owed_before_exit();
             coresnap::process::unattached::undo_before_exit();
             std::process::exit(128 + signal);
         }

@@ -8,6 +8,7 @@ use crate::sys::ptrace::{self, StopEvent};
 use nix::errno::Errno;
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -233,6 +234,7 @@ impl FrozenProcess {
                     }
                     StopEvent::SignalDelivery { signal } => {
                         self.pending.swap_remove(index);
+                        remember_owed(self.pid, tid, signal);
                         self.threads.push(FrozenThread {
                             tid,
                             owed_signal: Some(signal),
@@ -274,6 +276,11 @@ impl FrozenProcess {
     /// (the signal watcher freezes a process around the thread that got
     /// the signal). From here on they are released like any frozen thread.
     pub fn adopt(pid: i32, threads: Vec<FrozenThread>, first_interrupt: Instant) -> FrozenProcess {
+        for thread in &threads {
+            if let Some(signal) = thread.owed_signal {
+                remember_owed(pid, thread.tid, signal);
+            }
+        }
         FrozenProcess {
             pid,
             threads,
@@ -306,8 +313,12 @@ impl FrozenProcess {
 
     fn detach_all(&mut self) {
         for thread in self.threads.drain(..) {
+            // Under the lock, so that a signal is either handed back here or
+            // sent again by an exit that could not wait (never both).
+            let mut owed = owed_signals();
+            let signal = thread.owed_signal.filter(|_| take_owed(&mut owed, thread.tid));
             // ESRCH here means the thread is gone: nothing left to release.
-            let _ = ptrace::detach(thread.tid, thread.owed_signal);
+            let _ = ptrace::detach(thread.tid, signal);
         }
         for tid in self.pending.drain(..) {
             // A thread that never reached its stop cannot be detached with
@@ -335,6 +346,87 @@ impl FrozenProcess {
 impl Drop for FrozenProcess {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+/// A signal a held thread had taken off its queue when it stopped, which
+/// only `PTRACE_DETACH` (or `PTRACE_CONT`) with its number delivers: if
+/// coresnap exits without detaching, the kernel lets the thread go without
+/// it.
+struct OwedSignal {
+    pid: i32,
+    tid: i32,
+    signal: i32,
+    siginfo: Option<[u8; 128]>,
+}
+
+/// Every signal owed by a live freeze of this process, for
+/// [`resend_owed_before_exit`].
+static OWED: Mutex<Vec<OwedSignal>> = Mutex::new(Vec::new());
+
+fn owed_signals() -> MutexGuard<'static, Vec<OwedSignal>> {
+    OWED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Must run on the tracing thread, with `tid` in its signal-delivery-stop.
+fn remember_owed(pid: i32, tid: i32, signal: i32) {
+    let siginfo = ptrace::get_siginfo(tid).ok();
+    owed_signals().push(OwedSignal {
+        pid,
+        tid,
+        signal,
+        siginfo,
+    });
+}
+
+/// Whether `tid` still owes its signal (and it is now the caller's to hand
+/// back).
+fn take_owed(owed: &mut Vec<OwedSignal>, tid: i32) -> bool {
+    let before = owed.len();
+    owed.retain(|o| o.tid != tid);
+    owed.len() != before
+}
+
+/// For an exit that cannot wait for the tracing thread (stuck in a write
+/// after SIGINT): sends every owed signal again, since the kernel releases
+/// the held threads without them. A signal sent with `sigqueue` or the like
+/// goes back with its siginfo unchanged (`rt_tgsigqueueinfo`); one the
+/// kernel or `kill` sent goes back with `tgkill` (same signal and thread,
+/// coresnap as sender). A fault (SIGSEGV, SIGBUS, SIGILL, SIGFPE from the
+/// CPU) is not sent: the instruction runs again and faults again.
+pub fn resend_owed_before_exit() {
+    const SI_TKILL: i32 = -6;
+    let mut owed = owed_signals();
+    for owed in owed.drain(..) {
+        let code = owed
+            .siginfo
+            .map(|raw| i32::from_ne_bytes(raw[8..12].try_into().expect("4 bytes")));
+        let fault = matches!(
+            owed.signal,
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE
+        ) && code.is_some_and(|c| c > 0);
+        if fault {
+            continue;
+        }
+        match (owed.siginfo, code) {
+            (Some(raw), Some(code)) if code < 0 && code != SI_TKILL => {
+                // SAFETY: the kernel reads sizeof(siginfo_t) = 128 bytes
+                // from the pointer, and `raw` is 128 readable bytes.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_rt_tgsigqueueinfo,
+                        owed.pid,
+                        owed.tid,
+                        owed.signal,
+                        raw.as_ptr(),
+                    )
+                };
+            }
+            _ => {
+                // SAFETY: plain system call with integer arguments.
+                unsafe { libc::syscall(libc::SYS_tgkill, owed.pid, owed.tid, owed.signal) };
+            }
+        }
     }
 }
 

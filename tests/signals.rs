@@ -232,8 +232,8 @@ impl Storm {
     fn assert_nothing_lost(&mut self, mode: &str) {
         assert_running_untraced(self.target.pid);
         let (tally, counts) = self.finish(mode);
-        for k in 0..4 {
-            assert!(tally.sent[k] > 0, "{mode}: no {} was sent", KINDS[k]);
+        for (kind, sent) in KINDS.iter().zip(tally.sent) {
+            assert!(sent > 0, "{mode}: no {kind} was sent");
         }
         assert_eq!(tally.lost, [0; 4], "{mode}: lost signals: {tally:?}");
         assert_eq!(

@@ -268,7 +268,7 @@ fn check_threads_core(prog: Program, dumper: Option<Dumper>) {
     let exe = build(prog);
     let what = format!("{} core of {}", dumper_name(dumper), prog.name());
 
-    let report = inspect_json(&core, &["--no-verify", "--backtrace"]);
+    let report = inspect_json(&core, &["--backtrace", "--debug-info"]);
     assert_eq!(report["schema"], "coresnap-inspect");
     let mut got = thread_tids(&report);
     if dumper == Some(Dumper::Coresnap) {
@@ -322,7 +322,7 @@ fn check_threads_core(prog: Program, dumper: Option<Dumper>) {
         let (ours, report) = match debug_dir {
             None => (ours.clone(), report.clone()),
             Some(dir) => {
-                let r = inspect_json(&core, &["--no-verify", "--backtrace", "--debug-dir", dir]);
+                let r = inspect_json(&core, &["--backtrace", "--debug-info", "--debug-dir", dir]);
                 (inspect_backtraces(&r), r)
             }
         };
@@ -366,6 +366,57 @@ fn gcore_core_threads_and_backtraces_match_gdb() {
 fn kernel_core_threads_and_backtraces_match_gdb() {
     require!(core_pattern_settable());
     check_threads_core(Program::Threads, None);
+}
+
+/// Without `--debug-info` a backtrace is the symbol-table view of the same
+/// stack (what eu-stack prints by default): the same physical frames, found
+/// the same way, named by the symbol that holds each address, with no
+/// file:line and no inline or tail-call frames; `--debug-info` adds those
+/// from the DWARF (the target is built with -g).
+#[test]
+fn debug_info_is_read_only_when_asked() {
+    let scratch = Scratch::new("inspect-debug-info");
+    let t = start_threads_target(Program::Threads);
+    let core = dump(Dumper::Coresnap, t.pid, scratch.path(), &[]);
+    drop(t);
+    let plain = inspect_json(&core, &["--backtrace"]);
+    let full = inspect_json(&core, &["--backtrace", "--debug-info"]);
+    let frames = |t: &Value| t["backtrace"]["frames"].as_array().unwrap().clone();
+    let mut lines_seen = 0;
+    for (p, f) in plain["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(full["threads"].as_array().unwrap())
+    {
+        assert_eq!(p["tid"], f["tid"]);
+        let physical: Vec<(Value, Value, Value)> = frames(f)
+            .iter()
+            .filter(|x| x["method"] != "inline" && x["method"] != "tail-call")
+            .map(|x| {
+                (
+                    x["address"].clone(),
+                    x["method"].clone(),
+                    x["symbol"].clone(),
+                )
+            })
+            .collect();
+        let ours: Vec<(Value, Value, Value)> = frames(p)
+            .iter()
+            .map(|x| {
+                assert!(x["file"].is_null() && x["line"].is_null(), "{x}");
+                assert_eq!(x["function"], x["symbol"], "{x}");
+                (
+                    x["address"].clone(),
+                    x["method"].clone(),
+                    x["function"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, physical, "thread {}", p["tid"]);
+        lines_seen += frames(f).iter().filter(|x| x["line"].is_u64()).count();
+    }
+    assert!(lines_seen > 0, "--debug-info gave no line: {full}");
 }
 
 #[test]
@@ -1001,7 +1052,23 @@ fn manifest_hashes_are_checked() {
         "a dump with default options writes a manifest, but {} is missing",
         manifest.display()
     );
+    // Not checked unless asked: the check reads every stored byte.
+    let out = coresnap(&["inspect".as_ref(), core.as_os_str()]);
+    assert!(out.success(), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("present, not verified (run `coresnap verify`"),
+        "{}",
+        out.describe()
+    );
     let report = inspect_json(&core, &[]);
+    assert_eq!(
+        report["manifest"]["verification"], "not-checked",
+        "{}",
+        report["manifest"]
+    );
+    assert_eq!(report["manifest"]["present"], true);
+    let report = inspect_json(&core, &["--verify"]);
     assert_eq!(
         report["manifest"]["verification"], "verified",
         "{}",
@@ -1020,9 +1087,13 @@ fn manifest_hashes_are_checked() {
     let at = (offset + filesz / 2) as usize;
     bytes[at] ^= 0xff;
     fs::write(&core, &bytes).unwrap();
-    let out = coresnap(&["inspect".as_ref(), core.as_os_str()]);
+    let out = coresnap(&["inspect".as_ref(), "--verify".as_ref(), core.as_os_str()]);
     assert_eq!(out.status.code(), Some(1), "{}", out.describe());
     assert!(out.stdout.contains("NOT VERIFIED"), "{}", out.describe());
+    // Without --verify the damage is not looked for (exit 0), and
+    // --no-verify, the old way of asking for that, still works.
+    let out = coresnap(&["inspect".as_ref(), core.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
     let report = inspect_json(&core, &["--no-verify"]);
     assert_eq!(report["manifest"]["verification"], "not-checked");
 }

@@ -192,13 +192,14 @@ pub fn text(r: &Report) -> String {
     if let Some(d) = &r.file.decompression {
         let _ = writeln!(
             o,
-            "zstd:       {} frames; {} decompressed for this report ({} of {} compressed bytes read)",
+            "zstd:       {} frames; {} read for this report ({} decompressed, {} of {} compressed bytes read)",
             d.frames,
             if d.frames_decompressed == 1 {
                 "1 frame".to_string()
             } else {
                 format!("{} frames", d.frames_decompressed)
             },
+            human_bytes(d.bytes_decompressed),
             human_bytes(d.compressed_bytes_read),
             human_bytes(r.sizes.file_length),
         );

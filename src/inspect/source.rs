@@ -8,8 +8,8 @@ use std::io;
 use std::ops::Deref;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// Random access to the bytes of a core.
 pub trait ByteSource {
@@ -188,23 +188,41 @@ const CACHE_FRAMES: usize = 8;
 const MAX_FRAME: u64 = 256 << 20;
 
 /// A `.zst` core in the seekable format: only the frames that hold the
-/// bytes asked for are decompressed, and the last few are cached.
+/// bytes asked for are decompressed, each only as far as the bytes asked
+/// for (a thread's stack often sits at the start of a frame of heap), and
+/// the last few are kept to continue from.
 pub struct ZstdSource {
     file: File,
     table: zeekstd::SeekTable,
     file_len: u64,
     /// Uncompressed start of each frame, ascending.
     starts: Vec<u64>,
-    cache: Mutex<FrameCache>,
+    cache: Mutex<Vec<PartialFrame>>,
     frames_decompressed: AtomicU64,
     bytes_decompressed: AtomicU64,
     compressed_read: AtomicU64,
 }
 
-struct FrameCache {
-    decompressor: Option<zstd::bulk::Decompressor<'static>>,
-    /// (frame index, bytes), most recently used last.
-    frames: Vec<(u32, Arc<Vec<u8>>)>,
+/// Compressed bytes read from the file at a time.
+const READ_STEP: usize = 64 << 10;
+/// Bytes decompressed at least per step, so that a walk up a stack does
+/// not resume the decoder for every few bytes.
+const DECODE_STEP: usize = 64 << 10;
+
+/// A frame decompressed from its start up to `decoded`.
+struct PartialFrame {
+    index: u32,
+    /// The frame's uncompressed length; only `decoded` bytes are valid.
+    bytes: Vec<u8>,
+    decoded: usize,
+    /// Compressed bytes read so far, and how many the decoder consumed.
+    compressed: Vec<u8>,
+    consumed: usize,
+    compressed_start: u64,
+    compressed_len: usize,
+    /// `None` once the whole frame is decoded (and its checksum, if it has
+    /// one, checked by zstd).
+    decoder: Option<zstd::stream::raw::Decoder<'static>>,
 }
 
 use crate::archive::reader::seek_table_len;
@@ -239,10 +257,7 @@ impl ZstdSource {
             table,
             file_len,
             starts,
-            cache: Mutex::new(FrameCache {
-                decompressor: None,
-                frames: Vec::new(),
-            }),
+            cache: Mutex::new(Vec::new()),
             frames_decompressed: AtomicU64::new(0),
             bytes_decompressed: AtomicU64::new(0),
             compressed_read: AtomicU64::new(0),
@@ -254,15 +269,49 @@ impl ZstdSource {
         self.file_len
     }
 
-    fn frame(&self, index: u32) -> io::Result<Arc<Vec<u8>>> {
+    /// Copies frame `index`'s bytes from `from` into `buf`, decompressing
+    /// the frame as far as needed; returns how many were copied (fewer only
+    /// at the frame's end).
+    fn read_frame(&self, index: u32, from: usize, buf: &mut [u8]) -> io::Result<usize> {
         let corrupt = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pos) = cache.frames.iter().position(|(i, _)| *i == index) {
-            let entry = cache.frames.remove(pos);
-            let data = entry.1.clone();
-            cache.frames.push(entry);
-            return Ok(data);
+        let pos = match cache.iter().position(|f| f.index == index) {
+            Some(pos) => pos,
+            None => {
+                let frame = self.start_frame(index)?;
+                if cache.len() >= CACHE_FRAMES {
+                    cache.remove(0);
+                }
+                cache.push(frame);
+                cache.len() - 1
+            }
+        };
+        // Most recently used last.
+        let entry = cache.remove(pos);
+        cache.push(entry);
+        let frame = cache.last_mut().expect("just pushed");
+        let len = frame.bytes.len();
+        let end = from.saturating_add(buf.len()).min(len);
+        if end > frame.decoded {
+            let want = end.max(frame.decoded.saturating_add(DECODE_STEP)).min(len);
+            let before = frame.decoded;
+            let result = self.decode_to(frame, want);
+            self.bytes_decompressed
+                .fetch_add((frame.decoded - before) as u64, Ordering::Relaxed);
+            if let Err(e) = result {
+                cache.pop();
+                return Err(corrupt(format!("frame {index} does not decompress: {e}")));
+            }
         }
+        let Some(available) = frame.bytes.get(from..end) else {
+            return Ok(0);
+        };
+        buf[..available.len()].copy_from_slice(available);
+        Ok(available.len())
+    }
+
+    fn start_frame(&self, index: u32) -> io::Result<PartialFrame> {
+        let corrupt = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
         let c_start = self
             .table
             .frame_start_comp(index)
@@ -280,30 +329,66 @@ impl ZstdSource {
                 "frame {index} claims {c_len} compressed bytes"
             )));
         }
-        let mut compressed = vec![0u8; c_len as usize];
-        self.file.read_exact_at(&mut compressed, c_start)?;
-        if cache.decompressor.is_none() {
-            cache.decompressor = Some(zstd::bulk::Decompressor::new()?);
-        }
-        let decompressor = cache.decompressor.as_mut().expect("just set");
-        let data = decompressor
-            .decompress(&compressed, d_len as usize)
-            .map_err(|e| corrupt(format!("frame {index} does not decompress: {e}")))?;
-        if data.len() as u64 != d_len {
-            return Err(corrupt(format!(
-                "frame {index} holds {} bytes, the seek table says {d_len}",
-                data.len()
-            )));
-        }
         self.frames_decompressed.fetch_add(1, Ordering::Relaxed);
-        self.bytes_decompressed.fetch_add(d_len, Ordering::Relaxed);
-        self.compressed_read.fetch_add(c_len, Ordering::Relaxed);
-        let data = Arc::new(data);
-        if cache.frames.len() >= CACHE_FRAMES {
-            cache.frames.remove(0);
+        Ok(PartialFrame {
+            index,
+            // Zeroed by the allocator (calloc): pages not decoded into are
+            // never touched.
+            bytes: vec![0; d_len as usize],
+            decoded: 0,
+            compressed: Vec::new(),
+            consumed: 0,
+            compressed_start: c_start,
+            compressed_len: c_len as usize,
+            decoder: Some(zstd::stream::raw::Decoder::new()?),
+        })
+    }
+
+    /// Decodes `frame` until at least `want` bytes are there.
+    fn decode_to(&self, frame: &mut PartialFrame, want: usize) -> io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let len = frame.bytes.len();
+        while frame.decoded < want {
+            let Some(decoder) = frame.decoder.as_mut() else {
+                break;
+            };
+            if frame.consumed == frame.compressed.len() {
+                let have = frame.compressed.len();
+                let more = (frame.compressed_len - have).min(have.max(READ_STEP));
+                if more == 0 {
+                    return Err(io::Error::other(format!(
+                        "its compressed bytes end after {} of {len} bytes",
+                        frame.decoded
+                    )));
+                }
+                frame.compressed.resize(have + more, 0);
+                self.file.read_exact_at(
+                    &mut frame.compressed[have..],
+                    frame.compressed_start + have as u64,
+                )?;
+                self.compressed_read
+                    .fetch_add(more as u64, Ordering::Relaxed);
+            }
+            let mut input = InBuffer::around(&frame.compressed[frame.consumed..]);
+            let mut output = OutBuffer::around_pos(&mut frame.bytes[..want], frame.decoded);
+            let remaining = decoder.run(&mut input, &mut output)?;
+            let progressed = input.pos() > 0 || output.pos() > frame.decoded;
+            frame.consumed += input.pos();
+            frame.decoded = output.pos();
+            if remaining == 0 {
+                // The frame is complete.
+                frame.decoder = None;
+                if frame.decoded != len {
+                    return Err(io::Error::other(format!(
+                        "it holds {} bytes, the seek table says {len}",
+                        frame.decoded
+                    )));
+                }
+            } else if !progressed && frame.consumed < frame.compressed.len() {
+                return Err(io::Error::other("the decoder made no progress"));
+            }
         }
-        cache.frames.push((index, data.clone()));
-        Ok(data)
+        Ok(())
     }
 }
 
@@ -319,16 +404,11 @@ impl ByteSource for ZstdSource {
                 break;
             }
             let index = self.starts.partition_point(|&s| s <= at).saturating_sub(1);
-            let data = self.frame(index as u32)?;
             let from = (at - self.starts[index]) as usize;
-            let Some(rest) = data.get(from..) else {
-                break;
-            };
-            if rest.is_empty() {
+            let n = self.read_frame(index as u32, from, &mut buf[done..])?;
+            if n == 0 {
                 break;
             }
-            let n = rest.len().min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&rest[..n]);
             done += n;
         }
         Ok(done)

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use unwind::{Method, StackWalker};
 
 /// What to do besides reading the core.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InspectOptions {
     /// Unwind every thread.
     pub backtrace: bool,
@@ -53,17 +53,6 @@ pub struct InspectOptions {
     pub verify: bool,
     /// The manifest, instead of `<FILE>.json`.
     pub manifest_path: Option<PathBuf>,
-}
-
-impl Default for InspectOptions {
-    fn default() -> InspectOptions {
-        InspectOptions {
-            backtrace: false,
-            files: FileOptions::default(),
-            verify: false,
-            manifest_path: None,
-        }
-    }
 }
 
 /// Why a core could not be inspected at all.

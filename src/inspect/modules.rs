@@ -138,12 +138,23 @@ impl Deref for Shared {
     }
 }
 
-/// A function symbol.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A function symbol. Its name stays in the mapped file (`name` is where):
+/// node's symbol table alone has hundreds of thousands of names, and
+/// copying them out and sorting them by name cost more than eu-stack's
+/// whole backtrace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sym {
     addr: u64,
     size: u64,
-    name: String,
+    name: NameAt,
+}
+
+/// Where a symbol's name is: in the file or its debug file, at a byte range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NameAt {
+    in_debug_file: bool,
+    start: usize,
+    len: usize,
 }
 
 /// CFI of one object, for framehop and for telling how a frame was found.
@@ -157,6 +168,8 @@ pub struct Cfi {
 
 /// What a loaded object can tell.
 pub struct Image {
+    data: FileBytes,
+    debug: Option<FileBytes>,
     symbols: Vec<Sym>,
     /// Read lazily: most modules of a process hold no frame.
     dwarf: Option<DebugInfo>,
@@ -573,7 +586,9 @@ fn section_range(obj: &object::File<'_>, name: &str) -> Option<Range<u64>> {
     Some(s.address()..s.address().saturating_add(s.size()))
 }
 
-fn function_symbols(obj: &object::File<'_>, out: &mut Vec<Sym>) {
+/// The function symbols of `obj`, parsed from `bytes`.
+fn function_symbols(obj: &object::File<'_>, bytes: &[u8], in_debug_file: bool, out: &mut Vec<Sym>) {
+    let base = bytes.as_ptr() as usize;
     let exec_sections: Vec<object::SectionIndex> = obj
         .sections()
         // By SHF_EXECINSTR: a debug file's .text is SHT_NOBITS.
@@ -585,7 +600,11 @@ fn function_symbols(obj: &object::File<'_>, out: &mut Vec<Sym>) {
         })
         .map(|s| s.index())
         .collect();
-    for sym in obj.symbols().chain(obj.dynamic_symbols()) {
+    // .dynsym repeats (part of) .symtab: read it only when there is no
+    // .symtab (a stripped file).
+    let has_symtab = obj.symbols().next().is_some();
+    let dynamic = obj.dynamic_symbols().filter(|_| !has_symtab);
+    for sym in obj.symbols().chain(dynamic) {
         if sym.is_undefined() || !matches!(sym.kind(), SymbolKind::Text | SymbolKind::Unknown) {
             continue;
         }
@@ -602,12 +621,32 @@ fn function_symbols(obj: &object::File<'_>, out: &mut Vec<Sym>) {
         // Versioned dynamic names (`pthread_cond_wait@@GLIBC_2.3.2`) are
         // shown without the version, as gdb does.
         let name = name.split('@').next().unwrap_or(name);
+        // Names are slices of the file's bytes (the string table).
+        let Some(start) = (name.as_ptr() as usize)
+            .checked_sub(base)
+            .filter(|start| start + name.len() <= bytes.len())
+        else {
+            continue;
+        };
         out.push(Sym {
             addr: sym.address(),
             size: sym.size(),
-            name: name.to_string(),
+            name: NameAt {
+                in_debug_file,
+                start,
+                len: name.len(),
+            },
         });
     }
+}
+
+fn name_bytes<'a>(data: &'a FileBytes, debug: Option<&'a FileBytes>, at: NameAt) -> &'a [u8] {
+    let file: &[u8] = match (at.in_debug_file, debug) {
+        (true, Some(d)) => d,
+        (true, None) => &[],
+        (false, _) => data,
+    };
+    file.get(at.start..at.start + at.len).unwrap_or(&[])
 }
 
 impl Image {
@@ -622,12 +661,12 @@ impl Image {
         let obj =
             object::File::parse(&*data).map_err(|e| format!("not a readable ELF file: {e}"))?;
         let mut symbols = Vec::new();
-        function_symbols(&obj, &mut symbols);
+        function_symbols(&obj, &data, false, &mut symbols);
         let mut dwarf = None;
         if let Some(debug) = &debug
             && let Ok(dobj) = object::File::parse(&**debug)
         {
-            function_symbols(&dobj, &mut symbols);
+            function_symbols(&dobj, debug, true, &mut symbols);
             if read_dwarf {
                 dwarf = DebugInfo::new(debug.clone());
             }
@@ -635,8 +674,15 @@ impl Image {
         if read_dwarf && dwarf.is_none() {
             dwarf = DebugInfo::new(data.clone());
         }
-        symbols.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
-        symbols.dedup();
+        let name = |s: &Sym| name_bytes(&data, debug.as_ref(), s.name);
+        // Names are compared only between symbols at the same address.
+        symbols.sort_unstable_by(|a, b| {
+            a.addr
+                .cmp(&b.addr)
+                .then_with(|| name(a).cmp(name(b)))
+                .then(a.size.cmp(&b.size))
+        });
+        symbols.dedup_by(|a, b| a.addr == b.addr && a.size == b.size && name(a) == name(b));
         let cfi = Cfi {
             eh_frame: shared_section(&data, &obj, ".eh_frame"),
             eh_frame_hdr: shared_section(&data, &obj, ".eh_frame_hdr"),
@@ -645,6 +691,8 @@ impl Image {
             got: section_range(&obj, ".got"),
         };
         Ok(Image {
+            data,
+            debug,
             symbols,
             dwarf,
             cfi,
@@ -675,7 +723,12 @@ impl Image {
             _ => best_zero,
         }?;
         let s = &self.symbols[chosen];
-        Some((demangle(&s.name), addr - s.addr))
+        Some((demangle(self.name(s)), addr - s.addr))
+    }
+
+    fn name(&self, s: &Sym) -> &str {
+        // Checked as UTF-8 when the symbol was read.
+        std::str::from_utf8(name_bytes(&self.data, self.debug.as_ref(), s.name)).unwrap_or("")
     }
 
     fn dwarf_frames(&self, addr: u64) -> Vec<FunctionFrame> {
@@ -800,7 +853,7 @@ impl Image {
         let mut found = self
             .symbols
             .iter()
-            .filter(|s| s.name == name)
+            .filter(|s| self.name(s) == name)
             .map(|s| s.addr);
         let first = found.next()?;
         found.all(|a| a == first).then_some(first)

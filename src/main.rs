@@ -292,7 +292,7 @@ enum Command {
     },
     /// Describe a core (or its .zst) without a debugger: process, signal,
     /// capture, threads with the function each is in, mappings, notes,
-    /// sizes, manifest check; --backtrace unwinds every thread.
+    /// sizes, manifest (checked with --verify); --backtrace unwinds every thread.
     /// Example: coresnap inspect --backtrace core.1234
     Inspect(inspect_cli::InspectArgs),
     /// Copy memory out of a core (or its .zst): every segment to files with

@@ -49,8 +49,15 @@ pub fn detach(tid: i32, signal: Option<i32>) -> Result<(), Errno> {
     raw_request(libc::PTRACE_DETACH, tid, 0, signal.unwrap_or(0) as usize)
 }
 
+/// The type of `ptrace`'s request argument: glibc declares an unsigned
+/// enum, musl an int (the static build).
+#[cfg(not(target_env = "musl"))]
+type Request = libc::c_uint;
+#[cfg(target_env = "musl")]
+type Request = libc::c_int;
+
 /// A ptrace request whose `addr` and `data` are plain numbers.
-fn raw_request(request: libc::c_uint, tid: i32, addr: usize, data: usize) -> Result<(), Errno> {
+fn raw_request(request: Request, tid: i32, addr: usize, data: usize) -> Result<(), Errno> {
     // SAFETY: every caller passes a request whose addr and data are values,
     // not pointers, so the kernel reads or writes no memory of ours.
     let rc = unsafe {
@@ -272,6 +279,11 @@ pub fn set_siginfo(tid: i32, raw: &[u8; 128]) -> Result<(), Errno> {
 /// signal N).
 const SIGSET_BYTES: usize = 8;
 
+// libc gives these two the wrong type for musl's `ptrace` (unsigned, where
+// its other requests are int): defined here with the type `ptrace` takes.
+const PTRACE_GETSIGMASK: Request = 0x420a;
+const PTRACE_SETSIGMASK: Request = 0x420b;
+
 /// `PTRACE_GETSIGMASK`: the signals the thread blocks.
 pub fn get_sigmask(tid: i32) -> Result<u64, Errno> {
     let mut mask = 0u64;
@@ -279,7 +291,7 @@ pub fn get_sigmask(tid: i32) -> Result<u64, Errno> {
     // which points at `mask`, 8 writable bytes.
     let rc = unsafe {
         libc::ptrace(
-            libc::PTRACE_GETSIGMASK,
+            PTRACE_GETSIGMASK,
             tid as libc::pid_t,
             SIGSET_BYTES as *mut libc::c_void,
             &mut mask as *mut u64 as *mut libc::c_void,
@@ -294,7 +306,7 @@ pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), Errno> {
     // pointer, which points at `mask`, 8 readable bytes.
     let rc = unsafe {
         libc::ptrace(
-            libc::PTRACE_SETSIGMASK,
+            PTRACE_SETSIGMASK,
             tid as libc::pid_t,
             SIGSET_BYTES as *mut libc::c_void,
             &mask as *const u64 as *mut libc::c_void,

@@ -962,10 +962,17 @@ fn zst_core_is_read_through_its_seek_table() {
         .zip(b["threads"].as_array().unwrap())
     {
         assert_eq!(x["location"]["function"], y["location"]["function"]);
-        assert_eq!(
-            x["backtrace"]["frames"].as_array().unwrap().len(),
-            y["backtrace"]["frames"].as_array().unwrap().len()
-        );
+        // Frames are decompressed only up to the bytes read so far, then
+        // continued: the stacks read through them are the plain core's.
+        let addresses = |t: &Value| -> Vec<Value> {
+            t["backtrace"]["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["address"].clone())
+                .collect()
+        };
+        assert_eq!(addresses(x), addresses(y), "thread {}", x["tid"]);
     }
     assert_eq!(a["sizes"]["logical"], b["sizes"]["logical"]);
 

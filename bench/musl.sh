@@ -60,36 +60,40 @@ done
 grep -q '^READY' "$WORK/dense.log" || { echo "the dense target never became ready" >&2; exit 1; }
 touched=$(sed -n 's/.*touched_bytes=\([0-9]*\).*/\1/p' "$WORK/dense.log")
 
-dump_seconds() { # BINARY
+# One dump: prints "wall user sys" in seconds (user and sys are coresnap's
+# CPU time, which other load on the machine disturbs less than wall time).
+dump_times() { # BINARY
     dd if=/dev/zero of="$WORK/warm" bs=1M count=$(((touched >> 20) + 64)) status=none
     rm -f "$WORK/warm" "$WORK"/core.*
-    local start end
-    start=$(date +%s.%N)
-    timeout 600 "$1" -o "$WORK/core" "$TARGET_PID" >/dev/null 2>"$WORK/dump.err" ||
+    local TIMEFORMAT='%R %U %S'
+    { time timeout 600 "$1" -o "$WORK/core" "$TARGET_PID" >/dev/null 2>"$WORK/dump.err"; } 2>"$WORK/time" ||
         { cat "$WORK/dump.err" >&2; exit 1; }
-    end=$(date +%s.%N)
     rm -f "$WORK"/core.*
-    echo "$end - $start" | bc
+    cat "$WORK/time"
 }
 
-printf 'round\tbuild\tseconds\n' >"$OUT.tsv.tmp"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+printf 'round\tbuild\twall_s\tuser_s\tsys_s\n' >"$OUT.tsv.tmp"
 for round in $(seq "$ROUNDS"); do
     # Alternate which build goes first, so that drift hits both alike.
     if [ $((round % 2)) = 1 ]; then order="glibc musl"; else order="musl glibc"; fi
     for build in $order; do
         if [ $build = glibc ]; then bin=$GLIBC_BIN; else bin=$MUSL_BIN; fi
-        s=$(dump_seconds "$bin")
-        printf '%s\t%s\t%s\n' "$round" "$build" "$s" | tee -a "$OUT.tsv.tmp"
+        read -r wall user sys <<<"$(dump_times "$bin")"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$build" "$wall" "$user" "$sys" | tee -a "$OUT.tsv.tmp"
     done
 done
 mv "$OUT.tsv.tmp" "$OUT.tsv"
 
-stats() { # BUILD -> "median best"
-    awk -F'\t' -v b="$1" '$2 == b {print $3}' "$OUT.tsv" | sort -n |
+stats() { # BUILD COLUMN -> "median best" of that column (3 wall, 6 user+sys)
+    awk -F'\t' -v b="$1" -v c="$2" '$2 == b {print (c == 6) ? $4 + $5 : $c}' "$OUT.tsv" | sort -n |
         awk '{v[NR] = $1} END {m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.3f %.3f", m, v[1]}'
 }
-read -r glibc_median glibc_best <<<"$(stats glibc)"
-read -r musl_median musl_best <<<"$(stats musl)"
+ratio() { echo "scale=3; $1 / $2" | bc; }
+read -r glibc_wall glibc_wall_best <<<"$(stats glibc 3)"
+read -r musl_wall musl_wall_best <<<"$(stats musl 3)"
+read -r glibc_cpu glibc_cpu_best <<<"$(stats glibc 6)"
+read -r musl_cpu musl_cpu_best <<<"$(stats musl 6)"
 {
     echo "# Static (musl) coresnap against the glibc build"
     echo
@@ -97,21 +101,23 @@ read -r musl_median musl_best <<<"$(stats musl)"
     echo "|---|---|"
     echo "| Commit | $COMMIT |"
     echo "| Date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
-    echo "| CPU | $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) CPUs |"
+    echo "| CPU | $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) (family $(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -1), model $(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(nproc) CPUs |"
     echo "| Kernel | $(uname -r) |"
-    echo "| Load average at the end | $(cut -d' ' -f1-3 /proc/loadavg) |"
+    echo "| Load average | at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine) |"
     echo "| Target | bench/targets/dense.c, $DENSE_SIZE of incompressible data, idle |"
     echo "| Command | \`coresnap -o DIR/core PID\` (default options: manifest with chunked BLAKE3 and SHA-256), core in $BENCH (same file system for both) |"
-    echo "| Binaries | glibc: target/release/coresnap; musl: target/$MUSL_TARGET/release/coresnap ($(file -b "$MUSL_BIN" | cut -d, -f1,2,6 | tr -s ' ')), both with Rust's default (system) allocator |"
+    echo "| Binaries | glibc: target/release/coresnap; musl: target/$MUSL_TARGET/release/coresnap ($(file -b "$MUSL_BIN" | grep -o 'static[-a-z]* linked')), both with Rust's default (system) allocator |"
     echo "| Rounds | $ROUNDS per build, alternating; memory warmed before each dump, free page reporting paused |"
     echo
-    echo "| build | median s | best s | every round (s) |"
-    echo "|---|---|---|---|"
+    echo "| build | wall, median s | wall, best s | CPU (user+sys), median s | CPU, best s | wall of every round (s) |"
+    echo "|---|---|---|---|---|---|"
     for b in glibc musl; do
-        all=$(awk -F'\t' -v b="$b" '$2 == b {printf "%.3f ", $3}' "$OUT.tsv")
-        if [ $b = glibc ]; then echo "| $b | $glibc_median | $glibc_best | $all|"; else echo "| $b | $musl_median | $musl_best | $all|"; fi
+        all=$(awk -F'\t' -v b="$b" '$2 == b {printf "%.2f ", $3}' "$OUT.tsv")
+        read -r wm wb <<<"$(stats $b 3)"
+        read -r cm cb <<<"$(stats $b 6)"
+        echo "| $b | $wm | $wb | $cm | $cb | $all|"
     done
     echo
-    echo "musl / glibc: median $(echo "scale=3; $musl_median / $glibc_median" | bc), best $(echo "scale=3; $musl_best / $glibc_best" | bc)"
+    echo "musl / glibc: wall median $(ratio "$musl_wall" "$glibc_wall"), wall best $(ratio "$musl_wall_best" "$glibc_wall_best"), CPU median $(ratio "$musl_cpu" "$glibc_cpu"), CPU best $(ratio "$musl_cpu_best" "$glibc_cpu_best")"
 } >"$OUT.md"
 cat "$OUT.md"

@@ -448,19 +448,24 @@ fn on_signal_passes_the_storm_through() {
 }
 
 /// Job control keeps its meaning: a SIGSTOP sent while coresnap holds the
-/// target (or borrows its main thread for the clone) still stops it once
-/// coresnap lets go, and SIGCONT then continues it, with the storm going on.
+/// target (or borrows its main thread for the clone, or has SIGSTOPped it
+/// itself for --no-ptrace) still stops it once coresnap lets go, and
+/// SIGCONT then continues it, with the storm going on.
 #[test]
 fn sigstop_during_a_dump_still_stops_the_target() {
-    const ROUNDS: usize = 30;
+    const ROUNDS: usize = 45;
     let scratch = Scratch::new("signals-sigstop");
     let mut storm = Storm::start(&scratch);
     let pid = storm.target.pid;
     for round in 0..ROUNDS {
         let prefix = scratch.path().join(format!("core-{round}"));
-        let mode = if round % 2 == 0 { "cow" } else { "stop" };
+        let mode: &[&str] = match round % 3 {
+            0 => &["--mode", "cow"],
+            1 => &["--mode", "stop"],
+            _ => &["--no-ptrace"],
+        };
         let mut cmd = coresnap();
-        cmd.args(["--mode", mode])
+        cmd.args(mode)
             .arg("-o")
             .arg(&prefix)
             .arg(pid.to_string())
@@ -483,7 +488,7 @@ fn sigstop_during_a_dump_still_stops_the_target() {
         }
         assert!(
             status.is_some_and(|s| s.success()),
-            "round {round} ({mode}): coresnap failed: {status:?}\n{stderr}"
+            "round {round} ({mode:?}): coresnap failed: {status:?}\n{stderr}"
         );
         assert_stopped_untraced(pid);
         storm.target.signal(libc::SIGCONT);

@@ -83,10 +83,50 @@ fn undo_method(pid: i32, method: &UnattachedMethod) {
             let _ = write_freeze(cgroup, false);
         }
         // ESRCH: the target is gone, nothing to resume.
-        UnattachedMethod::Sigstop => {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
-        }
+        UnattachedMethod::Sigstop => continue_unless_stopped_by_others(pid),
         UnattachedMethod::AlreadyStopped | UnattachedMethod::NotFrozen => {}
+    }
+}
+
+/// The signals whose default action stops the process.
+const STOP_SIGNALS: [i32; 4] = [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
+
+/// A `/proc/PID/status` signal-mask field (hex, bit N-1 for signal N).
+fn signal_set(status: &str, key: &str) -> u64 {
+    info::status_field(status, key)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or(0)
+}
+
+/// Undoes coresnap's SIGSTOP, unless somebody else sent a stop signal
+/// meanwhile: SIGCONT would discard it (the kernel drops pending stop
+/// signals on SIGCONT), so a target that was to stop stays stopped. A stop
+/// signal the target catches is sent again after the SIGCONT, for its
+/// handler.
+fn continue_unless_stopped_by_others(pid: i32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mut pending = signal_set(&status, "ShdPnd:");
+    for tid in info::thread_ids(pid).unwrap_or_default() {
+        let task = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"));
+        pending |= signal_set(&task.unwrap_or_default(), "SigPnd:");
+    }
+    let caught = signal_set(&status, "SigCgt:");
+    let bit = |signal: i32| 1u64 << (signal - 1);
+    let pending_stops: Vec<i32> = STOP_SIGNALS
+        .into_iter()
+        .filter(|&signal| pending & bit(signal) != 0)
+        .collect();
+    if pending_stops
+        .iter()
+        .any(|&signal| signal == libc::SIGSTOP || caught & bit(signal) == 0)
+    {
+        return;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+    for signal in pending_stops {
+        if let Ok(signal) = Signal::try_from(signal) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
     }
 }
 

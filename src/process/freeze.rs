@@ -316,7 +316,9 @@ impl FrozenProcess {
             // Under the lock, so that a signal is either handed back here or
             // sent again by an exit that could not wait (never both).
             let mut owed = owed_signals();
-            let signal = thread.owed_signal.filter(|_| take_owed(&mut owed, thread.tid));
+            let signal = thread
+                .owed_signal
+                .filter(|_| take_owed(&mut owed, thread.tid));
             // ESRCH here means the thread is gone: nothing left to release.
             let _ = ptrace::detach(thread.tid, signal);
         }

@@ -217,6 +217,7 @@ rmdir $CGROUP 2>/dev/null
 
 # ---------------------------------------------------------------- container
 begin container threads
+PID=
 # busybox spells --fork as -f.
 unshare --pid --mount -f --mount-proc threads >"$DIR/stdout" 2>"$DIR/stderr" &
 UNSHARE=$!
@@ -230,7 +231,8 @@ if wait_for 20 has_ready "$DIR/stdout"; then
 else
     note "error=no ready line from the container within 20 s"
 fi
-finish $UNSHARE
+# Killing the namespace's first process (the target) ends the namespace.
+finish $PID $UNSHARE
 
 # ---------------------------------------------------------------- the kernel's own core
 # Not coresnap's: which notes this kernel writes (NT_X86_XSAVE_LAYOUT?).
@@ -245,8 +247,11 @@ if wait_for 20 has_ready "$DIR/stdout"; then
     grep -m1 '^ready ' "$DIR/stdout" >"$DIR/ready"
     note "pid=$PID"
     echo segv >&3
+    (sleep 60 && kill -9 $PID) 2>/dev/null &
+    watchdog=$!
     wait $PID
     note "target_status=$?"
+    kill $watchdog 2>/dev/null
     note "core=core.$PID"
 fi
 exec 3>&-

@@ -53,7 +53,8 @@ export CORESNAP_SKIP_FILE=${CORESNAP_SKIP_FILE:-$PWD/$target_dir/test-skips.txt}
 mkdir -p "$(dirname "$CORESNAP_SKIP_FILE")"
 : > "$CORESNAP_SKIP_FILE"
 
-cargo test "$@"
+# --no-fail-fast: one failing test binary must not hide what the others do.
+cargo test --no-fail-fast "$@"
 tests_status=$?
 
 # The core and note parsers (and every other target in fuzz/fuzz_targets)

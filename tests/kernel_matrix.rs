@@ -427,7 +427,7 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
     let mut cmds = vec![
         format!("thread {number}"),
         format!("info registers {} rsp rip fs_base", gprs.join(" ")),
-        "info registers fctrl mxcsr".to_string(),
+        "info registers fctrl mxcsr st0 st1 st2 st3 st4 st5 st6 st7".to_string(),
     ];
     cmds.extend(expected.iter().map(|(expr, _)| format!("p/x {expr}")));
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
@@ -452,6 +452,22 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
             format!("{name} is {got:x?}, regs.c loaded {value:#x}")
         })?;
     }
+    // `info registers stN` ends in "(raw 0x<20 hex digits>)": sign and
+    // exponent 0x4000 + N, significand 0xd00d000000000000 | N.
+    for (n, line) in out[2].lines().filter(|l| l.starts_with("st")).enumerate() {
+        let raw = line
+            .split_once("(raw 0x")
+            .and_then(|(_, r)| u128::from_str_radix(r.trim_end_matches(')'), 16).ok());
+        let n = n as u128;
+        let want = ((0x4000 + n) << 64) | 0xd00d_0000_0000_0000 | n;
+        ensure(raw == Some(want), || {
+            format!("st{n} is {raw:x?}, regs.c loaded {want:#x}: {line}")
+        })?;
+    }
+    ensure(
+        out[2].lines().filter(|l| l.starts_with("st")).count() == 8,
+        || format!("gdb showed no st0-7:\n{}", out[2]),
+    )?;
     for ((expr, lanes), text) in expected.iter().zip(&out[3..]) {
         let got = parse_print_vectors(text).into_iter().next();
         ensure(got.as_ref() == Some(lanes), || {
@@ -466,7 +482,7 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
         vectors.push("pkru");
     }
     Ok(format!(
-        "15 GPRs, rip, rsp, fs_base, fctrl, mxcsr, {}",
+        "15 GPRs, rip, rsp, fs_base, st0-7, fctrl, mxcsr, {}",
         vectors.join(" ")
     ))
 }

@@ -14,7 +14,11 @@ echo "CORESNAP-VM-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 for m in $(cat /lib/modules/order); do
     insmod "/lib/modules/$m.ko" || echo "CORESNAP-VM: insmod $m failed"
 done
-if mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /out; then
+# cache=mmap: coresnap reads each core back to hash it for the manifest, and
+# 9p has no SEEK_HOLE, so every hole is read; through the page cache a 32 MiB
+# core's read-back takes 1.8 s under TCG instead of 4.9 s. Writes, and so the
+# holes the host sees, are the same as without a cache.
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap out /out; then
     sh /guest.sh /out 2>&1
     rc=$?
 else

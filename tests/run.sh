@@ -54,8 +54,10 @@ mkdir -p "$(dirname "$CORESNAP_SKIP_FILE")"
 : > "$CORESNAP_SKIP_FILE"
 
 # --no-fail-fast: one failing test binary must not hide what the others do.
-cargo test --no-fail-fast "$@"
-tests_status=$?
+cargo_log=$(mktemp)
+trap 'rm -f "$cargo_log"' EXIT
+cargo test --no-fail-fast "$@" 2>&1 | tee "$cargo_log"
+tests_status=${PIPESTATUS[0]}
 
 # The core and note parsers (and every other target in fuzz/fuzz_targets)
 # are fuzzed on every run; fuzz/run.sh installs nightly and cargo-fuzz when
@@ -87,4 +89,13 @@ if [ "$fuzz_status" -ne 0 ]; then
     status=1
 fi
 [ "$status" -eq 0 ] && echo "OK: every test passed, fuzzing ran, nothing was skipped for want of the environment"
+# One closing line with the totals of every 'test result:' line cargo printed.
+awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i + 1) ~ /^passed/) p += $i
+            if ($(i + 1) ~ /^failed/) f += $i
+        }
+     }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' \
+    s="$((environment + not_applicable))" "$cargo_log"
 exit "$status"

@@ -1,7 +1,7 @@
 //! The whole pipeline for one process: freeze, collect the snapshot, write
 //! the core into a sink while the target stays frozen, release.
 
-use crate::archive::scan::{self, ScanError};
+use crate::archive::scan::{self, DataMap, ScanError};
 use crate::cancel::CancelToken;
 use crate::cow::CowCopy;
 use crate::elf::writer::{self, WriteError};
@@ -538,10 +538,15 @@ pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<Dump
         .unwrap_or_default();
     // The file is hashed after the target is released, by reading it back:
     // hashing in the write path would lengthen the pause (docs/MANIFEST.md).
+    // For a plain core, where the data went: read back, only those ranges
+    // are read, whatever the file system says about holes.
+    let mut written = Vec::new();
     let mut report = match options.compress {
         None => {
             let mut sink = SparseFile::new(core.temp.as_file());
-            dump_with(pid, &mut sink, options, false).map_err(at_output(path))?
+            let report = dump_with(pid, &mut sink, options, false).map_err(at_output(path))?;
+            written = sink.written().to_vec();
+            report
         }
         Some(compress) => {
             let buffered = std::io::BufWriter::with_capacity(1 << 20, core.temp.as_file());
@@ -570,7 +575,7 @@ pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<Dump
             let want = Want::for_core(report.core_len, options.flat_hash);
             let scanned = match &report.compressed {
                 Some(_) => scan::scan_zstd(file, &options.cancel, want),
-                None => scan::scan_elf(file, &options.cancel, want),
+                None => scan::scan_elf(file, &options.cancel, want, DataMap::Written(&written)),
             }
             .map_err(|e| match e {
                 ScanError::Interrupted(signal) => {

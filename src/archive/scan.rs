@@ -18,6 +18,7 @@ use crate::sink::hashing::{Digests, StreamHasher, Want};
 use nix::unistd::{Whence, lseek};
 use std::fs::File;
 use std::io::{self, Read};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
 pub struct Scanned {
@@ -115,28 +116,59 @@ fn check_cancel(cancel: &CancelToken) -> Result<(), ScanError> {
     }
 }
 
-/// Next data offset at or after `from` (`None`: only a hole up to the end).
-fn next_data(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
-    match lseek(file, from as i64, Whence::SeekData) {
-        Ok(at) => Ok(Some((at as u64).min(len))),
-        Err(nix::errno::Errno::ENXIO) => Ok(None),
-        // No SEEK_DATA on this filesystem: everything is data.
-        Err(nix::errno::Errno::EINVAL) => Ok(Some(from)),
-        Err(e) => Err(e.into()),
-    }
+/// Where a plain core's data is.
+#[derive(Clone, Copy)]
+pub enum DataMap<'a> {
+    /// Ask the file system (`SEEK_DATA`/`SEEK_HOLE`): for any core.
+    FileSystem,
+    /// The ranges its writer wrote, sorted and apart
+    /// ([`crate::sink::SparseFile::written`]): every other byte is a hole.
+    Written(&'a [Range<u64>]),
 }
 
-fn next_hole(file: &File, from: u64, len: u64) -> io::Result<u64> {
-    match lseek(file, from as i64, Whence::SeekHole) {
-        Ok(at) => Ok((at as u64).min(len)),
-        Err(nix::errno::Errno::EINVAL) => Ok(len),
-        Err(e) => Err(e.into()),
+impl DataMap<'_> {
+    /// Next data offset at or after `from` (`None`: only a hole up to the
+    /// end).
+    fn next_data(self, file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
+        match self {
+            DataMap::Written(ranges) => {
+                let i = ranges.partition_point(|r| r.end <= from);
+                Ok(ranges.get(i).map(|r| r.start.max(from).min(len)))
+            }
+            DataMap::FileSystem => match lseek(file, from as i64, Whence::SeekData) {
+                Ok(at) => Ok(Some((at as u64).min(len))),
+                Err(nix::errno::Errno::ENXIO) => Ok(None),
+                // No SEEK_DATA on this filesystem: everything is data.
+                Err(nix::errno::Errno::EINVAL) => Ok(Some(from)),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// The end of the data that starts at `from`.
+    fn next_hole(self, file: &File, from: u64, len: u64) -> io::Result<u64> {
+        match self {
+            DataMap::Written(ranges) => {
+                let i = ranges.partition_point(|r| r.end <= from);
+                Ok(ranges.get(i).map_or(len, |r| r.end).min(len))
+            }
+            DataMap::FileSystem => match lseek(file, from as i64, Whence::SeekHole) {
+                Ok(at) => Ok((at as u64).min(len)),
+                Err(nix::errno::Errno::EINVAL) => Ok(len),
+                Err(e) => Err(e.into()),
+            },
+        }
     }
 }
 
 /// Scans a plain core, computing the hashes in `want` (the file is the
 /// core).
-pub fn scan_elf(file: &File, cancel: &CancelToken, want: Want) -> Result<Scanned, ScanError> {
+pub fn scan_elf(
+    file: &File,
+    cancel: &CancelToken,
+    want: Want,
+    data: DataMap,
+) -> Result<Scanned, ScanError> {
     let len = file.metadata().map_err(ScanError::Io)?.len();
     // Reads are sized to the data extents already; kernel readahead would
     // fill page after page of the holes around each small extent (measured
@@ -154,16 +186,18 @@ pub fn scan_elf(file: &File, cancel: &CancelToken, want: Want) -> Result<Scanned
     let mut pos = 0u64;
     while pos < len {
         check_cancel(cancel)?;
-        let data = next_data(file, pos, len)
+        let data_at = data
+            .next_data(file, pos, len)
             .map_err(ScanError::Io)?
             .unwrap_or(len);
-        if data > pos {
-            hasher.zeros(data - pos);
-            prefix.take_zeros(data - pos);
-            pos = data;
+        if data_at > pos {
+            hasher.zeros(data_at - pos);
+            prefix.take_zeros(data_at - pos);
+            pos = data_at;
             continue;
         }
-        let end = next_hole(file, pos, len)
+        let end = data
+            .next_hole(file, pos, len)
             .map_err(ScanError::Io)?
             .max(pos + 1)
             .min(len);
@@ -415,8 +449,26 @@ mod tests {
         sink.write_at(0, b"\x7fELF").unwrap();
         sink.write_at(8 << 20, &[5u8; 10000]).unwrap();
         sink.finish(20 << 20).unwrap();
+        let written = sink.written().to_vec();
+        assert_eq!(written, [0..4, (8 << 20)..((8 << 20) + 10000)]);
         let file = File::open(&path).unwrap();
-        let scanned = scan_elf(&file, &CancelToken::new(), Want::chunked(true)).unwrap();
+        let scanned = scan_elf(
+            &file,
+            &CancelToken::new(),
+            Want::chunked(true),
+            DataMap::FileSystem,
+        )
+        .unwrap();
+        // The writer's own record of its data gives the same hashes as the
+        // file system's.
+        let from_record = scan_elf(
+            &file,
+            &CancelToken::new(),
+            Want::chunked(true),
+            DataMap::Written(&written),
+        )
+        .unwrap();
+        assert_eq!(from_record.core, scanned.core);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(scanned.core.len, 20 << 20);
         assert_eq!(

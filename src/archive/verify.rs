@@ -20,7 +20,7 @@
 use super::FileKind;
 use super::elfscan::{CoreHeaders, ProgramHeader};
 use super::reader::SeekableCore;
-use super::scan::{ScanError, scan_elf, scan_zstd};
+use super::scan::{DataMap, ScanError, scan_elf, scan_zstd};
 use crate::cancel::CancelToken;
 use crate::manifest::{self, Manifest, note};
 use crate::sink::hashing::{CHUNK_SIZES, HashPair, Want};
@@ -178,7 +178,7 @@ pub fn verify(path: &Path, manifest_path: Option<&Path>, cancel: &CancelToken) -
             check_seek_table(path, manifest.as_ref(), &mut report);
             scan_zstd(&file, cancel, want)
         }
-        _ => scan_elf(&file, cancel, want),
+        _ => scan_elf(&file, cancel, want, DataMap::FileSystem),
     };
     let scanned = match scanned {
         Ok(s) => s,

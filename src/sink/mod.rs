@@ -59,17 +59,38 @@ pub trait Sink {
 /// between two and three times slower here (docs/PERFORMANCE.md).
 pub struct SparseFile<'a> {
     file: &'a File,
+    written: Vec<Range<u64>>,
 }
 
 impl<'a> SparseFile<'a> {
+    /// `file` must be new and empty: every byte this sink does not write is
+    /// taken to be a hole (see [`SparseFile::written`]).
     pub fn new(file: &'a File) -> SparseFile<'a> {
-        SparseFile { file }
+        SparseFile {
+            file,
+            written: Vec::new(),
+        }
+    }
+
+    /// The byte ranges written, in order, merged where they touch; every
+    /// other byte of the file is zero. Reading the file back for its hashes
+    /// then needs no `SEEK_DATA`, which some file systems (9p, several
+    /// network file systems) answer with "all of it is data".
+    pub fn written(&self) -> &[Range<u64>] {
+        &self.written
     }
 }
 
 impl Sink for SparseFile<'_> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
+        self.file.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        match self.written.last_mut() {
+            Some(last) if last.end == offset => last.end = end,
+            _ if data.is_empty() => {}
+            _ => self.written.push(offset..end),
+        }
+        Ok(())
     }
 
     fn finish(&mut self, total_len: u64) -> io::Result<()> {

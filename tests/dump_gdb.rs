@@ -15,6 +15,7 @@
 
 mod common;
 
+use common::expected::*;
 use common::*;
 use std::collections::BTreeMap;
 
@@ -222,30 +223,6 @@ impl RegsFeatures {
     }
 }
 
-/// The general registers `regs.c` loads into the spinner.
-const GPR_EXPECTED: &[(&str, u64)] = &[
-    ("rax", 0xaaaa_0000_0000_0001),
-    ("rbx", 0xbbbb_0000_0000_0002),
-    ("rcx", 0xcccc_0000_0000_0003),
-    ("rdx", 0xdddd_0000_0000_0004),
-    ("rsi", 0x5151_0000_0000_0005),
-    ("rdi", 0xd1d1_0000_0000_0006),
-    ("rbp", 0xb9b9_0000_0000_0007),
-    ("r8", 0x0808_0000_0000_0008),
-    ("r9", 0x0909_0000_0000_0009),
-    ("r10", 0x1010_0000_0000_000a),
-    ("r11", 0x1111_0000_0000_000b),
-    ("r12", 0x1122_3344_5566_7788),
-    ("r13", 0x99aa_bbcc_ddee_ff00),
-    ("r14", 0x0123_4567_89ab_cdef),
-    ("r15", 0xfedc_ba98_7654_3210),
-];
-
-/// 64-bit lane `lane` of vector register `reg` (xmm/ymm/zmm) in `regs.c`.
-fn vector_lane(reg: u64, lane: u64) -> u64 {
-    0xc0de_0000_0000_0000 | (reg << 16) | lane
-}
-
 /// `regs.c`'s kN; only its low 16 bits without AVX-512BW (kmovw).
 fn opmask_expected(n: u64, avx512bw: bool) -> u64 {
     let full = 0x6b6b_0000_0000_0000 | (n << 8) | n;
@@ -256,10 +233,6 @@ fn opmask_expected(n: u64, avx512bw: bool) -> u64 {
 fn x87_raw_expected(i: u128) -> u128 {
     ((0x4000 + i) << 64) | 0xd00d_0000_0000_0000 | i
 }
-
-const FCTRL_EXPECTED: u64 = 0x0e7f;
-const MXCSR_EXPECTED: u64 = 0x7fa5;
-const PKRU_EXPECTED: u64 = 0x5a5a_5a50;
 
 /// An XSAVE state component whose registers gdb 13 reads at Intel's fixed
 /// offset, whatever the CPU says.
@@ -376,7 +349,7 @@ fn register_prints(f: &RegsFeatures, untrusted: &[u32]) -> Vec<RegisterPrint> {
     let trusted = |component: u32| !untrusted.contains(&component);
     let lanes = |reg: u64, n: u64, compared: &dyn Fn(u64) -> bool| -> Vec<Option<u64>> {
         (0..n)
-            .map(|j| compared(j).then(|| vector_lane(reg, j)))
+            .map(|j| compared(j).then(|| regs_vector_lane(reg, j)))
             .collect()
     };
     let mut prints = Vec::new();
@@ -414,7 +387,7 @@ fn register_prints(f: &RegsFeatures, untrusted: &[u32]) -> Vec<RegisterPrint> {
     if f.pku {
         prints.push(RegisterPrint {
             expr: "$pkru".into(),
-            expected: vec![trusted(PKRU).then_some(PKRU_EXPECTED)],
+            expected: vec![trusted(PKRU).then_some(REGS_PKRU)],
         });
     }
     prints
@@ -467,10 +440,7 @@ fn check_registers(d: Dumper) {
     let prints = register_prints(&features, &untrusted);
     wait_threads_sleeping(t.pid, &[spinner]);
 
-    let gprs = GPR_EXPECTED
-        .iter()
-        .map(|(name, _)| *name)
-        .collect::<Vec<_>>();
+    let gprs = REGS_GPR.iter().map(|(name, _)| *name).collect::<Vec<_>>();
     let mut cmds = vec![
         format!(
             "thread apply all info registers {} rsp rip fs_base gs_base",
@@ -504,7 +474,7 @@ fn check_registers(d: Dumper) {
     let spin = parse_registers(&block_of(&blocks, spinner, "general", &out[0]).body);
     let value =
         |regs: &BTreeMap<String, String>, name: &str| regs.get(name).and_then(|v| parse_hex(v));
-    let mut expected_gprs: Vec<(&str, u64)> = GPR_EXPECTED.to_vec();
+    let mut expected_gprs: Vec<(&str, u64)> = REGS_GPR.to_vec();
     expected_gprs.extend([
         ("rsp", t.addr("spinner_rsp")),
         ("rip", t.addr("spin_rip")),
@@ -540,10 +510,10 @@ fn check_registers(d: Dumper) {
     let x87 = parse_registers(block);
     // fninit, then eight pushes: TOP back at 0, no exception, all valid.
     for (name, expected) in [
-        ("fctrl", FCTRL_EXPECTED),
+        ("fctrl", REGS_FCTRL),
         ("fstat", 0),
         ("ftag", 0),
-        ("mxcsr", MXCSR_EXPECTED),
+        ("mxcsr", REGS_MXCSR),
     ] {
         assert_eq!(
             value(&x87, name),
@@ -593,22 +563,11 @@ fn check_registers(d: Dumper) {
 // memory: patterns everywhere, MADV_DONTDUMP only with -a
 // ---------------------------------------------------------------------------
 
-/// (ready-line key, tag) of the memory target's regions.
-const REGIONS: &[(&str, u64)] = &[
-    ("heap", 0x4845),
-    ("stack", 0x5354),
-    ("global", 0x474c),
-    ("shanon", 0x5348),
-    ("memfd", 0x4d46),
-    ("delfile", 0x444c),
-    ("dontdump", 0x444e),
-];
-
 /// (region key, address, first word index) probed in each region: its first
 /// two words and its last two.
 fn memory_probes(t: &Target) -> Vec<(&'static str, u64, u64)> {
     let mut v = Vec::new();
-    for (key, _) in REGIONS {
+    for (key, _) in MEMORY_REGIONS {
         let addr = t.addr(key);
         let len = t.num(&format!("{key}_len")) as u64;
         v.push((*key, addr, 0));
@@ -618,7 +577,7 @@ fn memory_probes(t: &Target) -> Vec<(&'static str, u64, u64)> {
 }
 
 fn tag_of(key: &str) -> u64 {
-    REGIONS.iter().find(|(k, _)| *k == key).unwrap().1
+    MEMORY_REGIONS.iter().find(|(k, _)| *k == key).unwrap().1
 }
 
 fn start_memory_target(scratch: &Scratch) -> Target {

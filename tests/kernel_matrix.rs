@@ -18,6 +18,7 @@
 
 mod common;
 
+use common::expected::*;
 use common::*;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -356,32 +357,8 @@ fn check_threads(o: &Outcome) -> Result<String, String> {
     check_thread_chains(o, &core)
 }
 
-/// The values `regs.c` loads (see its header comment).
-const GPR_EXPECTED: &[(&str, u64)] = &[
-    ("rax", 0xaaaa_0000_0000_0001),
-    ("rbx", 0xbbbb_0000_0000_0002),
-    ("rcx", 0xcccc_0000_0000_0003),
-    ("rdx", 0xdddd_0000_0000_0004),
-    ("rsi", 0x5151_0000_0000_0005),
-    ("rdi", 0xd1d1_0000_0000_0006),
-    ("rbp", 0xb9b9_0000_0000_0007),
-    ("r8", 0x0808_0000_0000_0008),
-    ("r9", 0x0909_0000_0000_0009),
-    ("r10", 0x1010_0000_0000_000a),
-    ("r11", 0x1111_0000_0000_000b),
-    ("r12", 0x1122_3344_5566_7788),
-    ("r13", 0x99aa_bbcc_ddee_ff00),
-    ("r14", 0x0123_4567_89ab_cdef),
-    ("r15", 0xfedc_ba98_7654_3210),
-];
-const FCTRL_EXPECTED: u64 = 0x0e7f;
-const MXCSR_EXPECTED: u64 = 0x7fa5;
-const PKRU_EXPECTED: u64 = 0x5a5a_5a50;
-
 fn vector_lanes(reg: u64, lanes: u64) -> Vec<u64> {
-    (0..lanes)
-        .map(|j| 0xc0de_0000_0000_0000 | (reg << 16) | j)
-        .collect()
+    (0..lanes).map(|j| regs_vector_lane(reg, j)).collect()
 }
 
 /// The spinner's registers in the core against what `regs.c` loaded: every
@@ -414,7 +391,7 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
         }
     }
     if pku {
-        expected.push(("$pkru".into(), vec![PKRU_EXPECTED]));
+        expected.push(("$pkru".into(), vec![REGS_PKRU]));
     }
     // `thread N` takes gdb's number for the thread: find the spinner's.
     let threads = run_gdb(&o.exe, &core, &["info threads"]);
@@ -423,7 +400,7 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
         .find(|r| r.lwp == spinner)
         .map(|r| r.num)
         .ok_or_else(|| format!("no LWP {spinner} in\n{threads}"))?;
-    let gprs: Vec<&str> = GPR_EXPECTED.iter().map(|(n, _)| *n).collect();
+    let gprs: Vec<&str> = REGS_GPR.iter().map(|(n, _)| *n).collect();
     let mut cmds = vec![
         format!("thread {number}"),
         format!("info registers {} rsp rip fs_base", gprs.join(" ")),
@@ -435,7 +412,7 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
     ensure(!preamble.contains(".reg-xstate"), || {
         format!("gdb complains about the XSAVE note:\n{preamble}")
     })?;
-    let mut gpr_expected: Vec<(&str, u64)> = GPR_EXPECTED.to_vec();
+    let mut gpr_expected: Vec<(&str, u64)> = REGS_GPR.to_vec();
     gpr_expected.extend([
         ("rsp", o.ready_num("spinner_rsp")),
         ("rip", o.ready_num("spin_rip")),
@@ -445,7 +422,7 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
     for (name, value) in gpr_expected
         .iter()
         .copied()
-        .chain([("fctrl", FCTRL_EXPECTED), ("mxcsr", MXCSR_EXPECTED)])
+        .chain([("fctrl", REGS_FCTRL), ("mxcsr", REGS_MXCSR)])
     {
         let got = shown.get(name).and_then(|v| parse_hex(v));
         ensure(got == Some(value), || {
@@ -487,23 +464,12 @@ fn check_regs(o: &Outcome) -> Result<String, String> {
     ))
 }
 
-/// (key, tag) of the memory target's regions (see `memory.c`).
-const REGIONS: &[(&str, u64)] = &[
-    ("heap", 0x4845),
-    ("stack", 0x5354),
-    ("global", 0x474c),
-    ("shanon", 0x5348),
-    ("memfd", 0x4d46),
-    ("delfile", 0x444c),
-    ("dontdump", 0x444e),
-];
-
 /// The first and last two words of every region hold their pattern; the
 /// MADV_DONTDUMP region is absent.
 fn check_memory(o: &Outcome) -> Result<String, String> {
     let core = o.core(true)?;
     let mut probes = Vec::new();
-    for (key, tag) in REGIONS {
+    for (key, tag) in MEMORY_REGIONS {
         let addr = o.ready_num(key);
         let len = o.ready_num(&format!("{key}_len"));
         probes.push((*key, *tag, addr, 0));

@@ -22,6 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod elf_readers;
+pub mod expected;
 
 /// How long a target may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,422 @@
+//! Real programs under load are dumped in `--mode cow` over and over (and a
+//! few times in stop mode) without harm (issue #20): a Go HTTP server whose
+//! handlers allocate (so its garbage collector runs and its runtime
+//! preempts goroutines with SIGURG), and a JVM whose threads allocate and
+//! catch NullPointerExceptions (SIGSEGVs handled inside the JVM). Every dump
+//! must succeed with nothing on stderr but its summary line, the program
+//! must keep running untraced and keep serving, some cores are loaded in
+//! gdb, and a SIGUSR1 the test sends during the dumps, one at a time, each
+//! only after the program counted the previous one, must all be counted by
+//! the program itself.
+//!
+//! The runtimes' own signals (SIGURG, the JVM's SIGSEGVs) cannot be
+//! counted from outside; a lost one would show as a hung or crashed
+//! program, or a failed request.
+//!
+//! Needs `go` (Debian: golang-go) and `javac`/`java` (openjdk-17-jdk-headless).
+//! `CORESNAP_REAL_DUMPS` changes the number of cow dumps per program.
+
+mod common;
+
+use common::*;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Cow dumps per program, as the issue asks.
+const COW_DUMPS: usize = 50;
+/// Stop-mode dumps per program after the cow ones.
+const STOP_DUMPS: usize = 5;
+/// One dump in this many is loaded in gdb.
+const GDB_EVERY: usize = 10;
+/// How long the program may take to count a SIGUSR1.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on SIGUSR1s sent, whatever the dumps' duration.
+const MAX_SIGNALS: u64 = 100_000;
+/// Upper bound on requests the load thread sends to the Go server.
+const MAX_REQUESTS: u64 = 1_000_000;
+
+fn cow_dumps() -> usize {
+    std::env::var("CORESNAP_REAL_DUMPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(COW_DUMPS)
+}
+
+fn build_cache() -> PathBuf {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("coresnap-real-programs");
+    std::fs::create_dir_all(&cache).expect("create the build cache");
+    cache
+}
+
+/// Builds testdata/go/server.go, with Go's build cache under the target
+/// directory (so a second run is quick and nothing is written to $HOME).
+fn build_go_server(scratch: &Scratch) -> PathBuf {
+    let out = scratch.path().join("server");
+    let mut cmd = Command::new("go");
+    cmd.args(["build", "-o"])
+        .arg(&out)
+        .arg(testdata_dir().join("go/server.go"))
+        .env("GOCACHE", build_cache().join("go-build"))
+        .env("GOPATH", build_cache().join("gopath"))
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "");
+    let res = run_with_timeout(&mut cmd, COMPILE_TIMEOUT, true);
+    assert!(res.success(), "go build server.go:\n{}", res.describe());
+    out
+}
+
+/// Compiles testdata/java/Load.java into the scratch directory.
+fn build_java_load(scratch: &Scratch) -> PathBuf {
+    let classes = scratch.path().join("classes");
+    let mut cmd = Command::new("javac");
+    cmd.arg("-d")
+        .arg(&classes)
+        .arg(testdata_dir().join("java/Load.java"));
+    let res = run_with_timeout(&mut cmd, COMPILE_TIMEOUT, true);
+    assert!(res.success(), "javac Load.java:\n{}", res.describe());
+    classes
+}
+
+/// Sends SIGUSR1 to `pid` one at a time, each only once `count` (what the
+/// program says it received) has reached it: standard signals merge while
+/// one is pending, so this is how every one of them can be told apart.
+/// `quiet` is held while a signal is in flight, so that a dump can run
+/// while none is (the JVM starts a thread for each signal it dispatches).
+struct Usr1Sender {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    unacknowledged: Arc<AtomicU64>,
+    quiet: Arc<Mutex<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Usr1Sender {
+    fn start(pid: i32, count: impl Fn() -> Option<u64> + Send + 'static) -> Usr1Sender {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let unacknowledged = Arc::new(AtomicU64::new(0));
+        let quiet = Arc::new(Mutex::new(()));
+        let thread = {
+            let (stop, sent, unacknowledged, quiet) = (
+                stop.clone(),
+                sent.clone(),
+                unacknowledged.clone(),
+                quiet.clone(),
+            );
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) && sent.load(Ordering::SeqCst) < MAX_SIGNALS {
+                    let in_flight = quiet.lock().unwrap_or_else(|e| e.into_inner());
+                    // SAFETY: plain syscall; the pid is the test's child,
+                    // kept unreaped by its guard while this thread runs.
+                    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+                        break;
+                    }
+                    let number = sent.fetch_add(1, Ordering::SeqCst) + 1;
+                    let counted = wait_until(ACK_TIMEOUT, || count().is_some_and(|c| c >= number));
+                    if !counted {
+                        unacknowledged.fetch_add(1, Ordering::SeqCst);
+                    }
+                    drop(in_flight);
+                    thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        Usr1Sender {
+            stop,
+            sent,
+            unacknowledged,
+            quiet,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sending and returns (sent, unacknowledged).
+    fn finish(&mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the SIGUSR1 sender panicked");
+        }
+        (
+            self.sent.load(Ordering::SeqCst),
+            self.unacknowledged.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for Usr1Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the dumps of one program in one mode measured.
+struct DumpStats {
+    mode: &'static str,
+    dumps: usize,
+    pauses_ms: Vec<f64>,
+    gdb_loads: usize,
+}
+
+impl DumpStats {
+    fn describe(&self) -> String {
+        let mut pauses = self.pauses_ms.clone();
+        pauses.sort_by(f64::total_cmp);
+        let at = |q: f64| pauses[((pauses.len() - 1) as f64 * q).round() as usize];
+        format!(
+            "{}: {} dumps, pause median {:.1} ms, max {:.1} ms, {} loaded in gdb",
+            self.mode,
+            self.dumps,
+            at(0.5),
+            at(1.0),
+            self.gdb_loads
+        )
+    }
+}
+
+/// The pause coresnap reports in its summary line.
+fn reported_pause(text: &str) -> Option<f64> {
+    let (_, rest) = text.split_once("target paused ")?;
+    rest.split_once(" ms")?.0.parse().ok()
+}
+
+/// Dumps `pid` `count` times with `args`. Each dump must succeed with only
+/// its summary line on stderr (a warning, a fallback to stop mode, anything
+/// else fails) and leave the target running and untraced. Every
+/// `GDB_EVERY`th dump, taken while no SIGUSR1 is in flight, is loaded in
+/// gdb when the target's threads were the same before and after it (a
+/// runtime starts and ends threads of its own); at least one must be.
+fn dump_repeatedly(
+    name: &str,
+    pid: i32,
+    scratch: &Scratch,
+    mode: &'static str,
+    count: usize,
+    quiet: &Mutex<()>,
+) -> DumpStats {
+    let args: &[&str] = match mode {
+        "cow" => &["--mode", "cow", "--no-fallback"],
+        _ => &["--mode", mode],
+    };
+    let mut stats = DumpStats {
+        mode,
+        dumps: 0,
+        pauses_ms: Vec::new(),
+        gdb_loads: 0,
+    };
+    let mut gdb_wanted = false;
+    for round in 0..count {
+        gdb_wanted |= round % GDB_EVERY == 0;
+        let prefix = scratch.path().join(format!("core-{mode}-{round}"));
+        let mut cmd = Command::new(Dumper::Coresnap.program());
+        cmd.args(args).arg("-o").arg(&prefix).arg(pid.to_string());
+        let held = gdb_wanted.then(|| quiet.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads_before = thread_ids(pid);
+        let res = run_with_timeout(&mut cmd, DUMP_TIMEOUT, false);
+        let threads_after = thread_ids(pid);
+        drop(held);
+        stats.dumps += 1;
+        assert!(
+            res.success(),
+            "{name} {args:?}: dump {round} failed:\n{}",
+            res.describe()
+        );
+        let summary = format!("coresnap: pid {pid}: wrote ");
+        assert!(
+            res.stderr.lines().all(|l| l.starts_with(&summary)) && res.stderr.lines().count() == 1,
+            "{name} {args:?}: dump {round} said more than its summary:\n{}",
+            res.describe()
+        );
+        stats
+            .pauses_ms
+            .push(reported_pause(&res.stderr).unwrap_or_else(|| {
+                panic!(
+                    "no 'target paused N ms' in coresnap's output:\n{}",
+                    res.describe()
+                )
+            }));
+        assert_running_untraced(pid);
+        let core = PathBuf::from(format!("{}.{pid}", prefix.display()));
+        if gdb_wanted && threads_before == threads_after {
+            assert_loads_in_gdb(pid, &core, &threads_before);
+            stats.gdb_loads += 1;
+            gdb_wanted = false;
+        }
+        let _ = std::fs::remove_file(&core);
+        let _ = std::fs::remove_file(format!("{}.json", core.display()));
+    }
+    assert!(
+        stats.gdb_loads > 0,
+        "{name} {args:?}: the program's threads changed during every dump meant for gdb"
+    );
+    stats
+}
+
+/// One HTTP/1.0 GET to the server; the body if it answered 200.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let timeout = Duration::from_secs(20);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.set_write_timeout(Some(timeout)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("receive: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {response:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") {
+        return Err(format!("answered {head:?}"));
+    }
+    Ok(body.to_string())
+}
+
+#[test]
+fn go_server_under_load_is_dumped_without_harm() {
+    require!(
+        ptrace_access(),
+        program("go", "version", "golang-go"),
+        program("gdb", "--version", "gdb"),
+    );
+    let scratch = Scratch::new("real-go");
+    let exe = build_go_server(&scratch);
+    let target = Target::spawn(&exe, &[]);
+    let pid = target.pid;
+    let addr: SocketAddr = format!("127.0.0.1:{}", target.num("port")).parse().unwrap();
+
+    // The load: requests one after another until told to stop.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop_load.clone();
+        thread::spawn(move || {
+            let (mut served, mut failures) = (0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) && served < MAX_REQUESTS {
+                match http_get(addr, "/work?n=4000") {
+                    Ok(_) => served += 1,
+                    Err(e) => failures.push(e),
+                }
+            }
+            (served, failures)
+        })
+    };
+    let mut sender = Usr1Sender::start(pid, move || {
+        http_get(addr, "/usr1").ok()?.trim().parse().ok()
+    });
+    let quiet = sender.quiet.clone();
+    let started = Instant::now();
+    let cow = dump_repeatedly("go", pid, &scratch, "cow", cow_dumps(), &quiet);
+    let stop = dump_repeatedly("go", pid, &scratch, "stop", STOP_DUMPS, &quiet);
+    let elapsed = started.elapsed();
+
+    let (sent, unacknowledged) = sender.finish();
+    stop_load.store(true, Ordering::SeqCst);
+    let (served, failures) = load.join().expect("the load thread panicked");
+    let received: u64 = http_get(addr, "/usr1")
+        .expect("the server still answers after the dumps")
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "go: {}; {} in {:.1} s; {served} requests served, {} failed; SIGUSR1 sent {sent}, received {received}, unacknowledged {unacknowledged}",
+        cow.describe(),
+        stop.describe(),
+        elapsed.as_secs_f64(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "requests failed during the dumps: {failures:?}"
+    );
+    assert!(served > 0, "no request was served during the dumps");
+    assert!(sent > 0, "no SIGUSR1 was sent during the dumps");
+    assert_eq!(received, sent, "SIGUSR1 received by the server");
+    assert_eq!(
+        unacknowledged, 0,
+        "SIGUSR1s not counted within {ACK_TIMEOUT:?}"
+    );
+    http_get(addr, "/work?n=100").expect("the server still works after the dumps");
+    assert_running_untraced(pid);
+}
+
+/// The JVM's count file: "usr1=N npe=M".
+fn read_jvm_counts(file: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let field = |key: &str| -> Option<u64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))?
+            .parse()
+            .ok()
+    };
+    Some((field("usr1=")?, field("npe=")?))
+}
+
+#[test]
+fn jvm_under_load_is_dumped_without_harm() {
+    require!(
+        ptrace_access(),
+        program("javac", "-version", "openjdk-17-jdk-headless"),
+        program("java", "-version", "openjdk-17-jdk-headless"),
+        program("gdb", "--version", "gdb"),
+    );
+    let scratch = Scratch::new("real-jvm");
+    let classes = build_java_load(&scratch);
+    let counts = scratch.path().join("counts");
+    // A small heap keeps each core small; the JVM picks its own collector.
+    let target = Target::spawn(
+        Path::new("java"),
+        &[
+            OsStr::new("-Xmx64m"),
+            OsStr::new("-Xms16m"),
+            OsStr::new("-cp"),
+            classes.as_os_str(),
+            OsStr::new("Load"),
+            counts.as_os_str(),
+        ],
+    );
+    let pid = target.pid;
+    let (_, npe_at_start) = read_jvm_counts(&counts).expect("the JVM wrote its counts");
+    let mut sender = Usr1Sender::start(pid, {
+        let counts = counts.clone();
+        move || read_jvm_counts(&counts).map(|(usr1, _)| usr1)
+    });
+    let quiet = sender.quiet.clone();
+    let started = Instant::now();
+    let cow = dump_repeatedly("jvm", pid, &scratch, "cow", cow_dumps(), &quiet);
+    let stop = dump_repeatedly("jvm", pid, &scratch, "stop", STOP_DUMPS, &quiet);
+    let elapsed = started.elapsed();
+
+    let (sent, unacknowledged) = sender.finish();
+    let (received, npe_after_dumps) = read_jvm_counts(&counts).expect("read the JVM's counts");
+    eprintln!(
+        "jvm: {}; {} in {:.1} s; {} NullPointerExceptions caught; SIGUSR1 sent {sent}, received {received}, unacknowledged {unacknowledged}",
+        cow.describe(),
+        stop.describe(),
+        elapsed.as_secs_f64(),
+        npe_after_dumps - npe_at_start
+    );
+    assert!(sent > 0, "no SIGUSR1 was sent during the dumps");
+    assert_eq!(received, sent, "SIGUSR1 received by the JVM");
+    assert_eq!(
+        unacknowledged, 0,
+        "SIGUSR1s not counted within {ACK_TIMEOUT:?}"
+    );
+    // Still running: its workers keep catching exceptions.
+    assert!(
+        wait_until(STATE_TIMEOUT, || read_jvm_counts(&counts)
+            .is_some_and(|(_, npe)| npe > npe_after_dumps)),
+        "the JVM's workers stopped after the dumps"
+    );
+    assert_running_untraced(pid);
+}

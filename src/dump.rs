@@ -688,11 +688,24 @@ fn dump_with(
             .unwrap_or(DEFAULT_FILTER),
         all: options.all,
     };
-    let mut snapshot = match &hold {
+    let collected = match &hold {
         Hold::Attached(frozen) => {
-            collect::collect_with_signal(frozen, state_before, policy, &memory, trigger.as_ref())?
+            collect::collect_with_signal(frozen, state_before, policy, &memory, trigger.as_ref())
         }
-        Hold::Unattached(held) => collect::collect_unattached(held, state_before, policy, &memory)?,
+        Hold::Unattached(held) => collect::collect_unattached(held, state_before, policy, &memory),
+    };
+    let mut snapshot = match collected {
+        Ok(snapshot) => snapshot,
+        // A frozen thread leaves its stop only when SIGKILL ends the whole
+        // process; what failed then is only a consequence of that.
+        Err(CollectError::Registers {
+            errno: nix::errno::Errno::ESRCH,
+            ..
+        }) => return Err(DumpError::TargetExited { pid }),
+        Err(_) if info::process_state(pid).is_none_or(|state| matches!(state, 'Z' | 'X')) => {
+            return Err(DumpError::TargetExited { pid });
+        }
+        Err(e) => return Err(e.into()),
     };
     memory.avoid_unsharing(
         snapshot
@@ -791,7 +804,13 @@ fn dump_with(
                 &progress,
             );
             if let Err(e) = copy.finish() {
-                warnings.push(format!("cleaning up the copy-on-write clone: {e}"));
+                // A target that exited meanwhile has nothing left to clean
+                // up: its children, the clone among them, went to the reaper.
+                let exited =
+                    info::process_state(pid).is_none_or(|state| matches!(state, 'Z' | 'X'));
+                if !exited {
+                    warnings.push(format!("cleaning up the copy-on-write clone: {e}"));
+                }
             }
             (written, pause)
         }

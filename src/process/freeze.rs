@@ -142,10 +142,10 @@ impl FrozenProcess {
         }
         if !frozen.threads.iter().any(|t| t.tid == pid) {
             if info::process_state(pid) == Some('Z') && !frozen.threads.is_empty() {
-                return Err(FreezeError::LeaderExited {
-                    pid,
-                    threads: frozen.threads.len(),
-                });
+                let threads = threads_left_after_exit(pid);
+                if threads > 0 {
+                    return Err(FreezeError::LeaderExited { pid, threads });
+                }
             }
             return Err(FreezeError::ProcessExited { pid });
         }
@@ -221,6 +221,11 @@ impl FrozenProcess {
                     errno,
                 })?;
                 match event {
+                    // A zombie never stops: that thread has exited (often the
+                    // main thread of a process that is exiting as a whole).
+                    StopEvent::NotYet if spins >= 200 && thread_is_exiting(self.pid, tid) => {
+                        self.pending.swap_remove(index);
+                    }
                     StopEvent::NotYet => index += 1,
                     StopEvent::Gone => {
                         self.pending.swap_remove(index);
@@ -458,17 +463,34 @@ pub(crate) fn check_target(pid: i32) -> Result<(), FreezeError> {
         _ => {}
     }
     if stat.state == 'Z' || stat.state == 'X' {
-        let live = info::thread_ids(pid)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|&tid| !thread_is_exiting(pid, tid))
-            .count();
+        let live = threads_left_after_exit(pid);
         if live > 0 {
             return Err(FreezeError::LeaderExited { pid, threads: live });
         }
         return Err(FreezeError::Zombie { pid });
     }
     Ok(())
+}
+
+/// How many threads of `pid`, whose main thread has exited, go on running.
+/// A process that is exiting as a whole (killed, or `exit()`) loses its
+/// main thread first and the others within milliseconds, so they are
+/// given a moment to go before the main thread is said to have exited alone.
+fn threads_left_after_exit(pid: i32) -> usize {
+    let live = || {
+        info::thread_ids(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&tid| tid != pid && !thread_is_exiting(pid, tid))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut threads = live();
+    while threads > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        threads = live();
+    }
+    threads
 }
 
 /// Gone, or a zombie that only waits to be released.

@@ -156,8 +156,14 @@ pub struct MemoryReader {
 
 impl MemoryReader {
     pub fn open(pid: i32) -> Result<MemoryReader, MemoryError> {
-        let mem = File::open(format!("/proc/{pid}/mem"))
-            .map_err(|source| MemoryError::Open { pid, source })?;
+        // ESRCH: the process exited (or is exiting) since it was frozen.
+        let mem = File::open(format!("/proc/{pid}/mem")).map_err(|source| {
+            if source.raw_os_error() == Some(libc::ESRCH) {
+                MemoryError::ProcessGone { pid }
+            } else {
+                MemoryError::Open { pid, source }
+            }
+        })?;
         Ok(MemoryReader {
             pid,
             mem,

@@ -20,6 +20,8 @@
  * - SIGCHLD from short-lived children the main thread forks; the handler
  *   reaps them all, so a lost SIGCHLD would leave a zombie.
  * - SIGUSR2 from the test (the target's parent), the --on-signal trigger.
+ * - SIGTERM from the test: the main thread calls exit(0) at its next turn,
+ *   so the target exits of its own accord, e.g. while it is being dumped.
  * Each handler checks the siginfo (si_code, sender pid) and counts the
  * ones that differ in bad_info.
  */
@@ -60,6 +62,7 @@ struct state {
 
 static struct state *st;
 static volatile sig_atomic_t in_ppoll;
+static volatile sig_atomic_t exit_requested;
 static pid_t main_tid;
 
 static struct state *map_state(const char *path, int create)
@@ -130,6 +133,14 @@ static void on_usr2(int sig, siginfo_t *info, void *ctx)
     __atomic_fetch_add(&st->triggers, 1, __ATOMIC_SEQ_CST);
 }
 
+static void on_exit_request(int sig, siginfo_t *info, void *ctx)
+{
+    (void)sig;
+    (void)info;
+    (void)ctx;
+    exit_requested = 1;
+}
+
 static void on_chld(int sig, siginfo_t *info, void *ctx)
 {
     (void)sig;
@@ -186,6 +197,7 @@ static int run_target(const char *path)
     handle(SIGURG, on_urg);
     handle(SIGCHLD, on_chld);
     handle(SIGUSR2, on_usr2);
+    handle(SIGTERM, on_exit_request);
     pthread_t threads[WORKERS];
     for (long i = 0; i < WORKERS; i++)
         pthread_create(&threads[i], NULL, worker, (void *)i);
@@ -196,6 +208,8 @@ static int run_target(const char *path)
     printf("ready pid=%d main=%d\n", getpid(), main_tid);
     fflush(stdout);
     for (uint64_t round = 0;; round++) {
+        if (exit_requested)
+            exit(0);
         if (round % 4 == 0) {
             pid_t child = fork();
             if (child == 0)

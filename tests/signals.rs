@@ -117,6 +117,26 @@ struct Tally {
     duplicated: [u32; 4],
 }
 
+impl Tally {
+    /// Fills in what the target counted against what was sent.
+    fn compare(&mut self, counts: &Counts) {
+        for k in 0..4 {
+            let sent = self.sent[k] as usize;
+            self.received[k] = counts.received[k];
+            for seq in 1..MAX_SEQ {
+                let times = counts.seen[k][seq] as u32;
+                if seq <= sent && times == 0 {
+                    self.lost[k] += 1;
+                }
+                self.duplicated[k] += times.saturating_sub(1);
+                if seq > sent {
+                    self.duplicated[k] += times;
+                }
+            }
+        }
+    }
+}
+
 /// The signal-storm target and its sender.
 struct Storm {
     target: Target,
@@ -126,9 +146,10 @@ struct Storm {
 }
 
 impl Storm {
-    fn start(scratch: &Scratch) -> Storm {
+    /// Starts the target, counting into `dir`/state, and the sender.
+    fn start(dir: &Path) -> Storm {
         let exe = build_storm();
-        let state = scratch.path().join("state");
+        let state = dir.join("state");
         let target = Target::spawn(&exe, &[OsStr::new("target"), state.as_os_str()]);
         let mut sender = Command::new(&exe)
             .arg("send")
@@ -163,24 +184,34 @@ impl Storm {
         read_counts(&self.state)
     }
 
-    /// Stops the sender, waits for everything it sent to arrive (or for
-    /// the counts to stop moving), and compares.
-    fn finish(&mut self, mode: &str) -> (Tally, Counts) {
+    /// Stops the sender and returns what it says it sent, per kind.
+    fn stop_sender(&mut self) -> [u32; 4] {
         let sender = self.sender.take().unwrap();
-        // SAFETY: plain syscall on a child we own and have not reaped.
+        // SAFETY: plain syscall on a child we own and have not reaped (it
+        // may have ended by itself, when the target is gone).
         unsafe { libc::kill(sender.0.id() as i32, libc::SIGTERM) };
         let line = self
             .sender_line
             .recv_timeout(Duration::from_secs(10))
             .expect("the sender said what it sent");
         drop(sender);
-        let mut tally = Tally::default();
+        let mut sent = [0; 4];
         for (index, kind) in KINDS.iter().enumerate() {
-            tally.sent[index] = line
+            sent[index] = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{kind}="))?.parse().ok())
                 .unwrap_or_else(|| panic!("no {kind}= in {line:?}"));
         }
+        sent
+    }
+
+    /// Stops the sender, waits for everything it sent to arrive (or for
+    /// the counts to stop moving), and compares.
+    fn finish(&mut self, mode: &str) -> (Tally, Counts) {
+        let mut tally = Tally {
+            sent: self.stop_sender(),
+            ..Tally::default()
+        };
         // A signal still in the target's queue is not lost: wait for the
         // counts to reach what was sent, or to stay still for a second.
         let mut last = self.counts().received;
@@ -195,20 +226,7 @@ impl Storm {
                 || still_since.elapsed() > Duration::from_secs(1)
         });
         let counts = self.counts();
-        for k in 0..4 {
-            let sent = tally.sent[k] as usize;
-            tally.received[k] = counts.received[k];
-            for seq in 1..MAX_SEQ {
-                let times = counts.seen[k][seq] as u32;
-                if seq <= sent && times == 0 {
-                    tally.lost[k] += 1;
-                }
-                tally.duplicated[k] += times.saturating_sub(1);
-                if seq > sent {
-                    tally.duplicated[k] += times;
-                }
-            }
-        }
+        tally.compare(&counts);
         eprintln!(
             "signals per mode: {mode}: {}; children forked {} reaped {}; bad siginfo {}, SIGUSR1 outside ppoll {}, mask changed {}",
             (0..4)
@@ -274,7 +292,7 @@ fn core_path(prefix: &Path, pid: i32) -> PathBuf {
 /// every `GDB_EVERY`th core in gdb and removes the cores as it goes.
 fn dump_repeatedly(mode: &str, args: &[&str]) {
     let scratch = Scratch::new(&format!("signals-{mode}"));
-    let mut storm = Storm::start(&scratch);
+    let mut storm = Storm::start(scratch.path());
     let pid = storm.target.pid;
     let threads = thread_ids(pid);
     let started = Instant::now();
@@ -334,7 +352,7 @@ fn no_ptrace_loses_no_signal() {
 #[test]
 fn interrupted_dumps_lose_no_signal() {
     let scratch = Scratch::new("signals-interrupted");
-    let mut storm = Storm::start(&scratch);
+    let mut storm = Storm::start(scratch.path());
     let pid = storm.target.pid;
     let threads = thread_ids(pid);
     let (mut interrupted, mut finished) = (0, 0);
@@ -387,7 +405,7 @@ fn interrupted_dumps_lose_no_signal() {
 #[test]
 fn on_signal_passes_the_storm_through() {
     let scratch = Scratch::new("signals-watch");
-    let mut storm = Storm::start(&scratch);
+    let mut storm = Storm::start(scratch.path());
     let pid = storm.target.pid;
     let threads = thread_ids(pid);
     for session in 0..WATCH_SESSIONS {
@@ -455,7 +473,7 @@ fn on_signal_passes_the_storm_through() {
 fn sigstop_during_a_dump_still_stops_the_target() {
     const ROUNDS: usize = 45;
     let scratch = Scratch::new("signals-sigstop");
-    let mut storm = Storm::start(&scratch);
+    let mut storm = Storm::start(scratch.path());
     let pid = storm.target.pid;
     for round in 0..ROUNDS {
         let prefix = scratch.path().join(format!("core-{round}"));
@@ -498,4 +516,120 @@ fn sigstop_during_a_dump_still_stops_the_target() {
         let _ = std::fs::remove_file(core.with_extension(format!("{pid}.json")));
     }
     storm.assert_nothing_lost("sigstop");
+}
+
+/// The target ends while coresnap dumps it, at a different moment of each
+/// dump: SIGKILLed, or calling exit() itself on the SIGTERM the test sends
+/// (in stop mode it can only do so once coresnap lets it go). Either the
+/// dump finished first and the core is whole (both ELF readers read the
+/// same notes and segments from it), or coresnap fails saying that the
+/// process exited and leaves no file behind. It never hangs, the target
+/// does end (it was not left stopped), and until then no signal was
+/// duplicated, altered or invented. Signals still queued when the target
+/// died are lost with it, as they would be without a dump.
+#[test]
+fn target_exiting_mid_dump() {
+    const ROUNDS: usize = 20;
+    let scratch = Scratch::new("signals-exit");
+    let mut outcomes = std::collections::BTreeMap::<String, [usize; 2]>::new();
+    let (mut sent_total, mut received_total) = (0u64, 0u64);
+    for round in 0..ROUNDS {
+        for mode in ["stop", "cow"] {
+            let (how, signal) = if round % 2 == 0 {
+                ("SIGKILL", libc::SIGKILL)
+            } else {
+                ("exit()", libc::SIGTERM)
+            };
+            let run = scratch.path().join(format!("{mode}-{round}"));
+            let out = run.join("out");
+            std::fs::create_dir_all(&out).expect("create the round's directory");
+            let mut storm = Storm::start(&run);
+            let pid = storm.target.pid;
+            let prefix = out.join("core");
+            let mut cmd = coresnap();
+            cmd.args(["--mode", mode])
+                .arg("-o")
+                .arg(&prefix)
+                .arg(pid.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut child = Guarded(cmd.spawn().expect("start coresnap"));
+            let stderr = spawn_reader(child.0.stderr.take().unwrap());
+            std::thread::sleep(Duration::from_micros(2000 * round as u64));
+            storm.target.signal(signal);
+            let mut status = None;
+            assert!(
+                wait_until(DUMP_TIMEOUT, || {
+                    status = child.0.try_wait().ok().flatten();
+                    status.is_some()
+                }),
+                "{mode} round {round}: coresnap did not end after the target's {how}"
+            );
+            let stderr = stderr
+                .recv_timeout(Duration::from_secs(10))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let what = format!("{mode} round {round} ({how}): coresnap {status:?}:\n{stderr}");
+            assert!(
+                wait_until(STATE_TIMEOUT, || {
+                    process_status(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
+                }),
+                "{what}\nthe target did not end: {:?}",
+                all_task_status(pid)
+                    .iter()
+                    .map(|s| (s.tid, s.state, s.tracer))
+                    .collect::<Vec<_>>()
+            );
+            let mut left: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            let finished = status.is_some_and(|s| s.success());
+            if finished {
+                assert!(!stderr.contains("warning"), "{what}");
+                let core = core_path(&prefix, pid);
+                assert_eq!(
+                    left,
+                    [format!("core.{pid}"), format!("core.{pid}.json")],
+                    "{what}"
+                );
+                common::elf_readers::assert_readers_agree(&core);
+            } else {
+                assert!(left.is_empty(), "{what}\nleft behind: {left:?}");
+                assert!(
+                    stderr.contains("exited"),
+                    "{what}\nthe error does not say that the process exited"
+                );
+            }
+            outcomes.entry(format!("{mode} {how}")).or_default()[usize::from(!finished)] += 1;
+
+            // The target is gone: what it counted is final.
+            let mut tally = Tally {
+                sent: storm.stop_sender(),
+                ..Tally::default()
+            };
+            let counts = storm.counts();
+            tally.compare(&counts);
+            assert_eq!(tally.duplicated, [0; 4], "{what}\n{tally:?}");
+            assert_eq!(counts.out_of_range, 0, "{what}: unnumbered signals");
+            assert_eq!(counts.bad_info, 0, "{what}: a siginfo was altered");
+            assert_eq!(
+                counts.usr1_outside_ppoll, 0,
+                "{what}: SIGUSR1 arrived while the target blocks it"
+            );
+            assert_eq!(counts.mask_changed, 0, "{what}: the signal mask changed");
+            sent_total += tally.sent.iter().map(|&n| u64::from(n)).sum::<u64>();
+            received_total += tally.received.iter().map(|&n| u64::from(n)).sum::<u64>();
+        }
+    }
+    eprintln!(
+        "target exiting mid-dump: (finished, failed) per mode and exit: {outcomes:?}; numbered signals sent {sent_total}, received before the exit {received_total}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|(key, [_, failed])| key.starts_with("stop") && *failed > 0),
+        "no stop-mode dump was interrupted by the target's exit: {outcomes:?}"
+    );
 }

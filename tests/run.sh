@@ -25,6 +25,8 @@ if [ "$(id -u)" = 0 ]; then
         [gdb]=gdb [gcore]=gdb [cc]=gcc [eu-stack]=elfutils [lldb]=lldb
         [zstd]=zstd [strace]=strace [setpriv]=util-linux [unshare]=util-linux
         [mount]=mount [python3]=python3
+        # Real programs as targets (tests/real_programs.rs).
+        [go]=golang-go [javac]=openjdk-17-jdk-headless [java]=openjdk-17-jdk-headless
     )
     missing=()
     for tool in "${!package[@]}"; do

@@ -136,15 +136,22 @@ def table_compression(res):
     return out
 
 
-def table_triage(res):
-    """A first look at a core: coresnap inspect against eu-stack."""
-    out = ["| target | command | wall s (best) | all rounds, s |", "|---|---|--:|--:|"]
-    for tg in res.targets:
-        for tool in sorted({k[1] for k in res.groups if k[0] == tg and k[1].startswith("triage: ")}):
-            b = res.best(tg, tool)
-            rounds = ", ".join(fmt_s(w) if w is not None else "–" for w in b["walls"])
-            out.append(f"| {TARGET_TITLE.get(tg, tg)} | `{tool[len('triage: '):]}` | {wall_cell(b)} | {rounds} |")
-    return out
+def table_timed_commands(prefix):
+    """A table maker for the rows named `PREFIX: command` (commands run on a
+    core the benchmark wrote, timed, not dumps)."""
+
+    def make(res):
+        out = ["| target | command | wall s (best) | all rounds, s |", "|---|---|--:|--:|"]
+        for tg in res.targets:
+            tools = sorted({k[1] for k in res.groups if k[0] == tg and k[1].startswith(prefix)})
+            for tool in tools:
+                b = res.best(tg, tool)
+                rounds = ", ".join(fmt_s(w) if w is not None else "–" for w in b["walls"])
+                out.append(f"| {TARGET_TITLE.get(tg, tg)} | `{tool[len(prefix):]}` | "
+                           f"{wall_cell(b)} | {rounds} |")
+        return out
+
+    return make
 
 
 def table_machine(res, tsv):
@@ -162,7 +169,10 @@ MAKERS = {
     "main": table_main,
     "ratios": table_ratios,
     "compression": table_compression,
-    "triage": table_triage,
+    # A first look at a core: coresnap inspect against eu-stack.
+    "triage": table_timed_commands("triage: "),
+    # Checking a core against its manifest.
+    "verify": table_timed_commands("verify: "),
     "machine": None,
 }
 

@@ -453,10 +453,22 @@ measure_attach_tool() { # TARGET TOOL ROUND PID REPORTFILE
         # compressed file, so throughput is core bytes per second.
         [ "$zst" = 1 ] && logical=$(core_len_from_manifest "$file.json")
     fi
+    local dump_wall=$WALL verify_row=
+    if [ "$status" = ok ] && [[ $tool == coresnap || $tool == coresnap-z1 ]]; then
+        # What checking that core against its manifest costs a user.
+        timed "$(printf 'exec %q verify %q' "$CORESNAP" "$file")"
+        verify_row=$([ "$RC" = 0 ] && echo ok || echo "FAIL	$(last_error)")
+        verify_wall=$WALL
+    fi
     rm -f "$file" "$file.json"
     sync
-    row "$target" "$tool" "$round" "$status" "$WALL" "$disk" "$logical" "$pause" "$note"
-    log "$target/$tool round $round: $status ${WALL}s disk=${disk:-?} size=${logical:-?} pause_us=$pause $note"
+    row "$target" "$tool" "$round" "$status" "$dump_wall" "$disk" "$logical" "$pause" "$note"
+    log "$target/$tool round $round: $status ${dump_wall}s disk=${disk:-?} size=${logical:-?} pause_us=$pause $note"
+    if [ -n "$verify_row" ]; then
+        row "$target" "verify: coresnap verify ($tool core)" "$round" "${verify_row%%	*}" "$verify_wall" "" "" "" \
+            "$([[ $verify_row == *$'\t'* ]] && echo "${verify_row#*	}")"
+        log "$target/verify of $tool round $round: ${verify_row%%	*} ${verify_wall}s"
+    fi
 }
 
 measure_stream() { # TARGET ROUND PID REPORTFILE KIND(pipe|devnull)

@@ -646,13 +646,9 @@ for target in "${TARGET_LIST[@]}"; do
         fi
         for tool in "${order[@]}"; do
             [ -n "${SKIP[$tool]:-}" ] && continue
+            # gcore and elfcore on the reservation come after every round
+            # of the others (below).
             if [ "$target" = reservation ] && { [ "$tool" = gcore ] || [ "$tool" = elfcore ]; }; then
-                # They write every byte of the reservation: one round, a
-                # shorter timeout, and the table says how far they got.
-                [ "$round" = 1 ] || continue
-                TIMEOUT_SAVED=$TIMEOUT; TIMEOUT=$RES_TIMEOUT
-                measure_attach_tool "$target" "$tool" "$round" "$pid" "$rep"
-                TIMEOUT=$TIMEOUT_SAVED
                 continue
             fi
             measure_attach_tool "$target" "$tool" "$round" "$pid" "$rep"
@@ -663,6 +659,18 @@ for target in "${TARGET_LIST[@]}"; do
             measure_stream "$target" "$round" "$pid" "$rep" devnull
         fi
     done
+    if [ "$target" = reservation ]; then
+        # They read every byte of the reservation, and reading untouched
+        # anonymous memory fills the target's page tables with the zero
+        # page, which makes every later dump of the same instance slower:
+        # so they come last, once each, with a shorter timeout, and the
+        # table says how far they got.
+        TIMEOUT_SAVED=$TIMEOUT; TIMEOUT=$RES_TIMEOUT
+        for tool in gcore elfcore; do
+            [ -n "${SKIP[$tool]:-}" ] || measure_attach_tool "$target" "$tool" 1 "$pid" "$rep"
+        done
+        TIMEOUT=$TIMEOUT_SAVED
+    fi
     if [ "$target" = small ] && [ -z "${SKIP[triage]:-}" ]; then
         if triage_prepare "$pid"; then
             for ((round = 1; round <= ROUNDS; round++)); do measure_triage "$target" "$round"; done

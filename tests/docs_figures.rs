@@ -76,7 +76,10 @@ fn numbers(text: &str) -> Vec<(String, usize)> {
         }
         // 2.760 and 2.76 are the same figure.
         if value.contains('.') {
-            value = value.trim_end_matches('0').trim_end_matches('.').to_string();
+            value = value
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string();
         }
         // Hex literals (0x...), versions and identifiers are not figures.
         let hex = value == "0" && bytes.get(j) == Some(&b'x');

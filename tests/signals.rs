@@ -370,13 +370,10 @@ fn interrupted_dumps_lose_no_signal() {
         std::thread::sleep(Duration::from_micros(2500 * (round % 40) as u64));
         // SAFETY: plain syscall on a child we own and have not reaped.
         unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
-        let mut status = None;
-        assert!(
-            wait_until(DUMP_TIMEOUT, || {
-                status = child.0.try_wait().ok().flatten();
-                status.is_some()
-            }),
-            "coresnap did not end after SIGINT"
+        let status = wait_exit(
+            &mut child.0,
+            DUMP_TIMEOUT,
+            "coresnap did not end after SIGINT",
         );
         // A SIGINT that comes after the core is complete (coresnap may then
         // still exit with failure) leaves that core; any other leaves none.
@@ -386,7 +383,7 @@ fn interrupted_dumps_lose_no_signal() {
             if finished % GDB_EVERY == 1 {
                 assert_loads_in_gdb(pid, &core, &threads);
             }
-        } else if status.is_some_and(|s| !s.success()) {
+        } else if !status.success() {
             interrupted += 1;
         }
         let _ = std::fs::remove_file(&core);
@@ -433,20 +430,14 @@ fn on_signal_passes_the_storm_through() {
             "no signal passed through the watcher"
         );
         storm.target.signal(libc::SIGUSR2);
-        let mut status = None;
-        assert!(
-            wait_until(DUMP_TIMEOUT, || {
-                status = watcher.0.try_wait().ok().flatten();
-                status.is_some()
-            }),
-            "coresnap --on-signal did not finish after the trigger"
+        let status = wait_exit(
+            &mut watcher.0,
+            DUMP_TIMEOUT,
+            "coresnap --on-signal did not finish after the trigger",
         );
-        let mut stderr = String::new();
-        if let Some(mut err) = watcher.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
-        }
+        let stderr = take_stderr(&mut watcher.0);
         assert!(
-            status.is_some_and(|s| s.success()),
+            status.success(),
             "coresnap --on-signal failed: {status:?}\n{stderr}"
         );
         let core = core_path(&prefix, pid);
@@ -492,20 +483,10 @@ fn sigstop_during_a_dump_still_stops_the_target() {
         let mut child = Guarded(cmd.spawn().expect("start coresnap"));
         std::thread::sleep(Duration::from_micros(1500 * (round % 20) as u64));
         storm.target.signal(libc::SIGSTOP);
-        let mut status = None;
+        let status = wait_exit(&mut child.0, DUMP_TIMEOUT, "coresnap did not finish");
+        let stderr = take_stderr(&mut child.0);
         assert!(
-            wait_until(DUMP_TIMEOUT, || {
-                status = child.0.try_wait().ok().flatten();
-                status.is_some()
-            }),
-            "coresnap did not finish"
-        );
-        let mut stderr = String::new();
-        if let Some(mut err) = child.0.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
-        }
-        assert!(
-            status.is_some_and(|s| s.success()),
+            status.success(),
             "round {round} ({mode:?}): coresnap failed: {status:?}\n{stderr}"
         );
         assert_stopped_untraced(pid);
@@ -557,13 +538,10 @@ fn target_exiting_mid_dump() {
             let stderr = spawn_reader(child.0.stderr.take().unwrap());
             std::thread::sleep(Duration::from_micros(2000 * round as u64));
             storm.target.signal(signal);
-            let mut status = None;
-            assert!(
-                wait_until(DUMP_TIMEOUT, || {
-                    status = child.0.try_wait().ok().flatten();
-                    status.is_some()
-                }),
-                "{mode} round {round}: coresnap did not end after the target's {how}"
+            let status = wait_exit(
+                &mut child.0,
+                DUMP_TIMEOUT,
+                &format!("{mode} round {round}: coresnap did not end after the target's {how}"),
             );
             let stderr = stderr
                 .recv_timeout(Duration::from_secs(10))
@@ -585,7 +563,7 @@ fn target_exiting_mid_dump() {
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
             left.sort();
-            let finished = status.is_some_and(|s| s.success());
+            let finished = status.success();
             if finished {
                 assert!(!stderr.contains("warning"), "{what}");
                 let core = core_path(&prefix, pid);

@@ -114,19 +114,11 @@ fn coresnap_background(args: &[&str], prefix: &Path, pid: i32) -> Child {
 }
 
 fn wait_child(child: &mut Child, within: Duration) -> (i32, String) {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
-            return (
-                status.code().unwrap_or(128 + status.signal().unwrap_or(0)),
-                err,
-            );
-        }
-        assert!(Instant::now() < deadline, "coresnap did not finish");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let status = wait_exit(child, within, "coresnap did not finish");
+    (
+        status.code().unwrap_or(128 + status.signal().unwrap_or(0)),
+        take_stderr(child),
+    )
 }
 
 fn wait_traced(pid: i32) {

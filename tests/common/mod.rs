@@ -114,6 +114,27 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Waits up to `within` for `child` to exit and returns how it ended;
+/// panics with `what` if it is still running then.
+pub fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let mut status = None;
+    let exited = wait_until(within, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    assert!(exited, "{what} (still running after {within:?})");
+    status.expect("exited")
+}
+
+/// What an exited child wrote to its piped stderr (empty if not piped).
+pub fn take_stderr(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    text
+}
+
 /// Output of a command run with [`run_with_timeout`].
 #[derive(Debug)]
 pub struct CmdOutput {

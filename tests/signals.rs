@@ -282,6 +282,18 @@ fn coresnap() -> Command {
     Command::new(Dumper::Coresnap.program())
 }
 
+/// Starts `coresnap ARGS -o PREFIX PID` under a guard, stdout discarded.
+fn spawn_dump(args: &[&str], prefix: &Path, pid: i32, stderr: Stdio) -> Guarded {
+    let mut cmd = coresnap();
+    cmd.args(args)
+        .arg("-o")
+        .arg(prefix)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    Guarded(cmd.spawn().expect("start coresnap"))
+}
+
 fn core_path(prefix: &Path, pid: i32) -> PathBuf {
     let mut core = prefix.as_os_str().to_owned();
     core.push(format!(".{pid}"));
@@ -359,14 +371,7 @@ fn interrupted_dumps_lose_no_signal() {
     for round in 0..dumps_per_mode() {
         let prefix = scratch.path().join(format!("core-{round}"));
         let mode = if round % 2 == 0 { "stop" } else { "cow" };
-        let mut cmd = coresnap();
-        cmd.args(["--mode", mode])
-            .arg("-o")
-            .arg(&prefix)
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = Guarded(cmd.spawn().expect("start coresnap"));
+        let mut child = spawn_dump(&["--mode", mode], &prefix, pid, Stdio::null());
         std::thread::sleep(Duration::from_micros(2500 * (round % 40) as u64));
         // SAFETY: plain syscall on a child we own and have not reaped.
         unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
@@ -407,14 +412,7 @@ fn on_signal_passes_the_storm_through() {
     let threads = thread_ids(pid);
     for session in 0..WATCH_SESSIONS {
         let prefix = scratch.path().join(format!("core-{session}"));
-        let mut cmd = coresnap();
-        cmd.arg("--on-signal=USR2")
-            .arg("-o")
-            .arg(&prefix)
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut watcher = Guarded(cmd.spawn().expect("start coresnap --on-signal"));
+        let mut watcher = spawn_dump(&["--on-signal=USR2"], &prefix, pid, Stdio::piped());
         let watcher_pid = watcher.0.id() as i32;
         assert!(
             wait_until(STATE_TIMEOUT, || {
@@ -473,14 +471,7 @@ fn sigstop_during_a_dump_still_stops_the_target() {
             1 => &["--mode", "stop"],
             _ => &["--no-ptrace"],
         };
-        let mut cmd = coresnap();
-        cmd.args(mode)
-            .arg("-o")
-            .arg(&prefix)
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = Guarded(cmd.spawn().expect("start coresnap"));
+        let mut child = spawn_dump(mode, &prefix, pid, Stdio::piped());
         std::thread::sleep(Duration::from_micros(1500 * (round % 20) as u64));
         storm.target.signal(libc::SIGSTOP);
         let status = wait_exit(&mut child.0, DUMP_TIMEOUT, "coresnap did not finish");
@@ -527,14 +518,7 @@ fn target_exiting_mid_dump() {
             let mut storm = Storm::start(&run);
             let pid = storm.target.pid;
             let prefix = out.join("core");
-            let mut cmd = coresnap();
-            cmd.args(["--mode", mode])
-                .arg("-o")
-                .arg(&prefix)
-                .arg(pid.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut child = Guarded(cmd.spawn().expect("start coresnap"));
+            let mut child = spawn_dump(&["--mode", mode], &prefix, pid, Stdio::piped());
             let stderr = spawn_reader(child.0.stderr.take().unwrap());
             std::thread::sleep(Duration::from_micros(2000 * round as u64));
             storm.target.signal(signal);

@@ -104,6 +104,27 @@ fn signal_set(status: &str, key: &str) -> u64 {
 /// signal the target catches is sent again after the SIGCONT, for its
 /// handler.
 fn continue_unless_stopped_by_others(pid: i32) {
+    let PendingStops { signals, will_stop } = pending_stops(pid);
+    if will_stop {
+        return;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+    let pending_stops = signals;
+    for signal in pending_stops {
+        if let Ok(signal) = Signal::try_from(signal) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// The stop signals pending for a process (shared or for any thread).
+struct PendingStops {
+    signals: Vec<i32>,
+    /// One of them will stop it: SIGSTOP, or another it does not catch.
+    will_stop: bool,
+}
+
+fn pending_stops(pid: i32) -> PendingStops {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let mut pending = signal_set(&status, "ShdPnd:");
     for tid in info::thread_ids(pid).unwrap_or_default() {
@@ -112,22 +133,26 @@ fn continue_unless_stopped_by_others(pid: i32) {
     }
     let caught = signal_set(&status, "SigCgt:");
     let bit = |signal: i32| 1u64 << (signal - 1);
-    let pending_stops: Vec<i32> = STOP_SIGNALS
+    let signals: Vec<i32> = STOP_SIGNALS
         .into_iter()
         .filter(|&signal| pending & bit(signal) != 0)
         .collect();
-    if pending_stops
+    let will_stop = signals
         .iter()
-        .any(|&signal| signal == libc::SIGSTOP || caught & bit(signal) == 0)
-    {
-        return;
-    }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
-    for signal in pending_stops {
-        if let Ok(signal) = Signal::try_from(signal) {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
-    }
+        .any(|&signal| signal == libc::SIGSTOP || caught & bit(signal) == 0);
+    PendingStops { signals, will_stop }
+}
+
+/// Somebody else's group stop has begun: a stop signal that will stop the
+/// process is pending, or some thread has already stopped while others
+/// have not yet. coresnap's own SIGSTOP would merge with it, and the
+/// SIGCONT that undoes coresnap's would then undo theirs too.
+fn stop_under_way(pid: i32) -> bool {
+    pending_stops(pid).will_stop
+        || info::thread_ids(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .any(|tid| matches!(info::thread_progress(pid, tid), Some(('T', _))))
 }
 
 impl UnattachedFreeze {
@@ -156,7 +181,11 @@ impl UnattachedFreeze {
         // (a thread in D state has not reached its group stop yet), is
         // theirs: coresnap waits for it and never undoes it.
         let held = threads_held(pid);
-        if held || was_stopped || cgroup.as_deref().is_some_and(cgroup_freeze_requested) {
+        if held
+            || was_stopped
+            || stop_under_way(pid)
+            || cgroup.as_deref().is_some_and(cgroup_freeze_requested)
+        {
             guard.method = UnattachedMethod::AlreadyStopped;
             if !held {
                 guard.wait_until_still(timeout, cancel)?;

@@ -49,6 +49,21 @@ struct Counts {
     seen: Vec<Vec<u8>>,
 }
 
+impl Counts {
+    /// Nothing the target received was unnumbered, had its siginfo altered,
+    /// arrived while blocked, or changed its signal mask.
+    #[track_caller]
+    fn assert_intact(&self, what: &str) {
+        assert_eq!(self.out_of_range, 0, "{what}: unnumbered signals");
+        assert_eq!(self.bad_info, 0, "{what}: a siginfo was altered");
+        assert_eq!(
+            self.usr1_outside_ppoll, 0,
+            "{what}: SIGUSR1 arrived while the target blocks it"
+        );
+        assert_eq!(self.mask_changed, 0, "{what}: the signal mask changed");
+    }
+}
+
 fn read_counts(path: &Path) -> Counts {
     let bytes = std::fs::read(path).expect("read the target's counters");
     let word =
@@ -258,13 +273,7 @@ impl Storm {
             tally.duplicated, [0; 4],
             "{mode}: duplicated signals: {tally:?}"
         );
-        assert_eq!(counts.out_of_range, 0, "{mode}: unnumbered signals");
-        assert_eq!(counts.bad_info, 0, "{mode}: a siginfo was altered");
-        assert_eq!(
-            counts.usr1_outside_ppoll, 0,
-            "{mode}: SIGUSR1 arrived while the target blocks it"
-        );
-        assert_eq!(counts.mask_changed, 0, "{mode}: the signal mask changed");
+        counts.assert_intact(mode);
         let reaped = wait_until(Duration::from_secs(5), || {
             let c = self.counts();
             c.reaped == c.forked
@@ -574,13 +583,7 @@ fn target_exiting_mid_dump() {
             let counts = storm.counts();
             tally.compare(&counts);
             assert_eq!(tally.duplicated, [0; 4], "{what}\n{tally:?}");
-            assert_eq!(counts.out_of_range, 0, "{what}: unnumbered signals");
-            assert_eq!(counts.bad_info, 0, "{what}: a siginfo was altered");
-            assert_eq!(
-                counts.usr1_outside_ppoll, 0,
-                "{what}: SIGUSR1 arrived while the target blocks it"
-            );
-            assert_eq!(counts.mask_changed, 0, "{what}: the signal mask changed");
+            counts.assert_intact(&what);
             sent_total += tally.sent.iter().map(|&n| u64::from(n)).sum::<u64>();
             received_total += tally.received.iter().map(|&n| u64::from(n)).sum::<u64>();
         }

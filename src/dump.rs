@@ -545,7 +545,7 @@ pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<Dump
         None => {
             let mut sink = SparseFile::new(core.temp.as_file());
             let report = dump_with(pid, &mut sink, options, false).map_err(at_output(path))?;
-            written = sink.written().to_vec();
+            written = sink.into_written();
             report
         }
         Some(compress) => {

@@ -79,6 +79,11 @@ impl<'a> SparseFile<'a> {
     pub fn written(&self) -> &[Range<u64>] {
         &self.written
     }
+
+    /// [`SparseFile::written`], taken when the writing is done.
+    pub fn into_written(self) -> Vec<Range<u64>> {
+        self.written
+    }
 }
 
 impl Sink for SparseFile<'_> {

@@ -27,6 +27,7 @@ if [ "$(id -u)" = 0 ]; then
         [mount]=mount [python3]=python3
         # Real programs as targets (tests/real_programs.rs).
         [go]=golang-go [javac]=openjdk-17-jdk-headless [java]=openjdk-17-jdk-headless
+        [node]=nodejs [redis-server]=redis-server
     )
     missing=()
     for tool in "${!package[@]}"; do

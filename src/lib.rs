@@ -31,6 +31,7 @@ pub mod cancel;
 pub mod cow;
 pub mod dump;
 pub mod elf;
+pub mod escape;
 pub mod inspect;
 pub mod manifest;
 pub mod process;

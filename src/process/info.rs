@@ -77,12 +77,14 @@ pub fn mapped_file_path(pid: i32, start: u64, end: u64) -> Option<Vec<u8>> {
     Some(link.into_os_string().into_vec())
 }
 
-/// Thread ids as listed in `/proc/PID/task`, ascending.
+/// Thread ids in the order `/proc/PID/task` lists them: the kernel's list
+/// of the thread group, main thread first, then in order of creation. It
+/// is the order in which `gdb -p` numbers the threads, and it is not
+/// ascending once thread ids have wrapped around `pid_max`.
 pub fn thread_ids(pid: i32) -> std::io::Result<Vec<i32>> {
-    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+    let tids = std::fs::read_dir(format!("/proc/{pid}/task"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
-    tids.sort_unstable();
     Ok(tids)
 }
 

@@ -10,6 +10,7 @@ use crate::process::memory::MemoryReader;
 use crate::process::unattached::UnattachedFreeze;
 use crate::sys::pagemap::PageMap;
 use crate::watch::SignalTrigger;
+use std::collections::HashMap;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -100,8 +101,20 @@ fn collect_threads(
     let proc_err = |what| move |source| CollectError::Proc { pid, what, source };
     let process = info::process_info(pid, state_before).map_err(proc_err("status"))?;
 
+    // The kernel's order, as gdb -p numbers the threads, except that the
+    // thread a signal was for comes first, as in the kernel's own cores.
+    // Every thread is held, so the list no longer changes.
+    let listed: HashMap<i32, usize> = info::thread_ids(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(position, tid)| (tid, position))
+        .collect();
     let first = signal.map_or(pid, |s| s.tid);
-    tids.sort_unstable_by_key(|&tid| (tid != first, tid != pid, tid));
+    tids.sort_by_key(|&tid| {
+        let position = listed.get(&tid).copied().unwrap_or(usize::MAX);
+        (tid != first, tid != pid, position, tid)
+    });
     let mut threads = Vec::with_capacity(tids.len());
     for tid in tids {
         let registers = match source {

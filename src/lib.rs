@@ -34,6 +34,7 @@ pub mod elf;
 pub mod escape;
 pub mod inspect;
 pub mod manifest;
+pub mod output;
 pub mod process;
 pub mod sink;
 pub mod snapshot;

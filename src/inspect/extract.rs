@@ -2,7 +2,10 @@
 //!
 //! - [`raw`]: every PT_LOAD's bytes into its own file, named by the address
 //!   range it holds, plus `index.tsv` listing address, size, permissions and
-//!   mapped file of each, like memfetch's `mfetch.lst`;
+//!   mapped file of each, like memfetch's `mfetch.lst`; every file is
+//!   created through [`crate::output::OutputDir`] (never through an
+//!   existing name, mode 0600), and names from the core are escaped in the
+//!   index ([`crate::escape::escape_tsv_field`]);
 //! - [`range`]: the bytes of one address range, checked to be wholly present
 //!   before anything is written.
 
@@ -10,7 +13,9 @@ use super::elf::CoreFile;
 use super::memory::{MemError, Memory};
 use super::notes::{NT_FILE, nt_file};
 use super::source::ByteSource;
-use std::fs::{self, File, OpenOptions};
+use crate::escape::escape_tsv_field;
+use crate::output::{OutputDir, OutputError};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +27,8 @@ const PAGE: usize = crate::elf::layout::PAGE_SIZE as usize;
 pub enum ExtractError {
     #[error("{0}")]
     Memory(#[from] MemError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("{path} exists and is not empty; pass --force to write into it")]
@@ -53,22 +60,23 @@ pub fn raw<S: ByteSource>(
     dir: &Path,
     force: bool,
 ) -> Result<Vec<RawFile>, ExtractError> {
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ExtractError::Write {
-            path: path.clone(),
-            source,
-        }
-    };
-    if let Ok(mut entries) = fs::read_dir(dir)
-        && entries.next().is_some()
-        && !force
-    {
+    let out_dir = OutputDir::create_or_open(dir)?;
+    if !out_dir.created() && !force && !out_dir.is_empty()? {
         return Err(ExtractError::NotEmpty {
             path: dir.to_path_buf(),
         });
     }
-    fs::create_dir_all(dir).map_err(werr(dir))?;
+    // Without --force the directory was empty: a name that exists when a
+    // file is created was put there by someone else meanwhile.
+    let create = |name: &str| {
+        out_dir.create_file(name, force).map_err(|e| match e {
+            OutputError::Exists { path } => OutputError::Raced {
+                path,
+                dir: dir.to_path_buf(),
+            },
+            other => other,
+        })
+    };
     let files = core
         .notes
         .iter()
@@ -98,12 +106,7 @@ pub fn raw<S: ByteSource>(
                 seg.vaddr.saturating_add(present)
             );
             let path = dir.join(&name);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .map_err(werr(&path))?;
+            let mut file = create(&name)?;
             copy_sparse(
                 core.source(),
                 seg.offset,
@@ -116,7 +119,6 @@ pub fn raw<S: ByteSource>(
         }
         out.push(entry);
     }
-    let index = dir.join("index.tsv");
     let mut text = String::from("# start\tend\tsize_in_core\tperms\tfile\tmapped_file\n");
     for e in &out {
         text.push_str(&format!(
@@ -126,10 +128,16 @@ pub fn raw<S: ByteSource>(
             e.size,
             e.perms,
             e.name.as_deref().unwrap_or("-"),
-            e.mapped_file.as_deref().unwrap_or("-")
+            e.mapped_file.as_deref().map_or("-".into(), escape_tsv_field)
         ));
     }
-    fs::write(&index, text).map_err(werr(&index))?;
+    let index = dir.join("index.tsv");
+    create("index.tsv")?
+        .write_all(text.as_bytes())
+        .map_err(|source| ExtractError::Write {
+            path: index,
+            source,
+        })?;
     Ok(out)
 }
 

@@ -22,6 +22,7 @@
 pub mod dwarf;
 pub mod elf;
 pub mod extract;
+pub mod local_file;
 pub mod memory;
 pub mod model;
 pub mod modules;

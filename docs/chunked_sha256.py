@@ -3,34 +3,41 @@
 coresnap's manifest records it in core.sha256_chunked (docs/MANIFEST.md,
 "Hashes"). Python's standard library only.
 
-    python3 chunked_sha256.py CORE [CHUNK_SIZE]
+    python3 chunked_sha256.py CORE [CHUNK_SIZE [PAGE_SIZE]]
 
-prints "ROOT  CORE". CHUNK_SIZE is the manifest's core.chunk_size (default
-262144). For a .zst, decompress it first (coresnap unpack, or zstd -d).
+prints "ROOT  CORE". CHUNK_SIZE and PAGE_SIZE are the manifest's
+core.chunk_size and core.page_size (defaults 262144 and 4096). For a .zst,
+decompress it first (coresnap unpack, or zstd -d).
 
-Only the file's data extents are read (SEEK_DATA): a chunk that lies in a
-hole gets the hash of a chunk of zeros without being read. A chunk that is
-stored but all zeros is read and gives that same hash, so the result does
-not depend on how the file system stores the file.
+Chunks that lie in a hole of the file (SEEK_DATA) get the hash of a chunk
+of zeros without being read. A chunk that holds data is read; each of its
+pages that is all zeros gets the known hash of a page of zeros. Stored
+zeros and holes give the same result, so it does not depend on how the
+file system stores the file.
 """
 import errno
 import hashlib
 import os
 import sys
 
-TAG = b"coresnap-chunked-v1"
+TAG = b"coresnap-chunked-v2"
 
 
-def chunked_sha256(path, chunk_size=256 << 10):
-    zero_chunk = hashlib.sha256(bytes(chunk_size)).digest()
-    root = hashlib.sha256(TAG + chunk_size.to_bytes(8, "little"))
+def sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def chunked_sha256(path, chunk_size=256 << 10, page_size=4096):
+    zero_page = bytes(page_size)
+    zero_leaf = sha256(zero_page)
+    zero_chunk = sha256(zero_leaf * (chunk_size // page_size))
+    le64 = lambda n: n.to_bytes(8, "little")
+    root = hashlib.sha256(TAG + le64(page_size) + le64(chunk_size))
     with open(path, "rb") as f:
         fd = f.fileno()
         length = os.fstat(fd).st_size
-        whole_chunks = length // chunk_size
-        index = 0
-        while index * chunk_size < length:
-            start = index * chunk_size
+        start = 0
+        while start < length:
             try:
                 data = os.lseek(fd, start, os.SEEK_DATA)
             except OSError as e:
@@ -38,24 +45,28 @@ def chunked_sha256(path, chunk_size=256 << 10):
                     raise
                 data = length  # nothing but a hole up to the end
             # Whole chunks before the next data are zeros. A short last
-            # chunk is always read: its hash is that of its own length.
-            holes = min(data // chunk_size, whole_chunks) - index
+            # chunk is always read: its hash depends on its own length.
+            holes = (min(data, length) - start) // chunk_size
+            if start + holes * chunk_size == length:
+                holes -= 1  # keep the last chunk, whole or not, to read
             while holes > 0:
                 batch = min(holes, 4096)
                 root.update(zero_chunk * batch)
                 holes -= batch
-                index += batch
-            if index * chunk_size >= length:
-                break
-            chunk = os.pread(fd, chunk_size, index * chunk_size)
-            root.update(hashlib.sha256(chunk).digest())
-            index += 1
-    root.update(length.to_bytes(8, "little"))
+                start += batch * chunk_size
+            chunk = os.pread(fd, min(chunk_size, length - start), start)
+            leaves = b"".join(
+                zero_leaf if page == zero_page else sha256(page)
+                for page in (chunk[i:i + page_size] for i in range(0, len(chunk), page_size))
+            )
+            root.update(sha256(leaves))
+            start += len(chunk)
+    root.update(le64(length))
     return root.hexdigest()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: chunked_sha256.py CORE [CHUNK_SIZE]")
-    size = int(sys.argv[2]) if len(sys.argv) == 3 else 256 << 10
-    print(f"{chunked_sha256(sys.argv[1], size)}  {sys.argv[1]}")
+    if len(sys.argv) not in (2, 3, 4):
+        sys.exit("usage: chunked_sha256.py CORE [CHUNK_SIZE [PAGE_SIZE]]")
+    sizes = [int(a) for a in sys.argv[2:]]
+    print(f"{chunked_sha256(sys.argv[1], *sizes)}  {sys.argv[1]}")

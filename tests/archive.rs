@@ -85,10 +85,13 @@ fn sha256sum(file: &Path) -> String {
 
 /// The chunked SHA-256 root of a plain core as `docs/chunked_sha256.py`
 /// (Python's standard library, independent of coresnap's code) computes it.
-fn chunked_sha256_by_script(core: &Path, chunk_size: u64) -> String {
+fn chunked_sha256_by_script(core: &Path, (chunk_size, page_size): (u64, u64)) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/chunked_sha256.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(core).arg(chunk_size.to_string());
+    cmd.arg(&script)
+        .arg(core)
+        .arg(chunk_size.to_string())
+        .arg(page_size.to_string());
     let out = run_with_timeout(&mut cmd, DUMP_TIMEOUT, false);
     assert!(
         out.success(),
@@ -103,13 +106,20 @@ fn chunked_sha256_by_script(core: &Path, chunk_size: u64) -> String {
         .to_string()
 }
 
-/// The manifest's chunk size, after checking it is coresnap's.
-fn chunk_size_of(manifest: &Value) -> u64 {
-    let size = manifest["core"]["chunk_size"]
-        .as_u64()
-        .expect("core.chunk_size");
-    assert_eq!(size, 256 << 10, "docs/MANIFEST.md names 256 KiB chunks");
-    size
+/// The manifest's chunk and page sizes, after checking they are coresnap's.
+fn chunk_size_of(manifest: &Value) -> (u64, u64) {
+    let size = |field: &str| {
+        manifest["core"][field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("core.{field} in {manifest:#}"))
+    };
+    let sizes = (size("chunk_size"), size("page_size"));
+    assert_eq!(
+        sizes,
+        (256 << 10, 4096),
+        "docs/MANIFEST.md names 256 KiB chunks of 4 KiB pages"
+    );
+    sizes
 }
 
 fn zstd_d(input: &Path, output: &Path, extra: &[&str]) {
@@ -410,7 +420,7 @@ fn memory_matches_and_manifest_explains_every_mapping() {
     let note = coresnap_note(&plain);
     let manifest = manifest_of(&plain);
     assert_eq!(note["schema"], "coresnap-manifest");
-    assert_eq!(note["version"], 2);
+    assert_eq!(note["version"], 3);
     assert!(note.get("core").is_none() && note["capture"].get("pause_us").is_none());
     assert_contained(&note, &manifest, "$");
     assert_eq!(
@@ -516,7 +526,10 @@ fn verify_catches_damage() {
     let offset = (offset..).find(|&o| bytes[o as usize] != 0).unwrap() as usize;
     bytes[offset] ^= 0x01;
     fs::write(&flipped, &bytes).unwrap();
-    let report = assert_not_verified(&flipped, "chunked (256 KiB chunks): SHA-256 is");
+    let report = assert_not_verified(
+        &flipped,
+        "chunked (256 KiB chunks of 4 KiB pages): SHA-256 is",
+    );
     assert!(report.contains("BLAKE3 is"), "{report}");
 
     // A hole punched into a page of data: the bytes read as zeros now, and
@@ -548,7 +561,10 @@ fn verify_catches_damage() {
             .all(|&b| b == 0),
         "the punched page reads as zeros"
     );
-    let report = assert_not_verified(&punched, "chunked (256 KiB chunks): SHA-256 is");
+    let report = assert_not_verified(
+        &punched,
+        "chunked (256 KiB chunks of 4 KiB pages): SHA-256 is",
+    );
     assert!(report.contains("file length: "), "{report}");
 
     // Truncated: the plain core and the .zst.
@@ -561,7 +577,7 @@ fn verify_catches_damage() {
     .unwrap();
     let report = assert_not_verified(&short, "(truncated)");
     assert!(
-        report.contains("chunked (256 KiB chunks): SHA-256 is"),
+        report.contains("chunked (256 KiB chunks of 4 KiB pages): SHA-256 is"),
         "{report}"
     );
     let zbytes = fs::read(&zst).unwrap();
@@ -745,7 +761,10 @@ fn flat_hashes_for_small_cores_and_on_request() {
     );
     let report = verify(&default);
     assert!(
-        report.success() && report.stdout.contains("chunked (256 KiB chunks): SHA-256"),
+        report.success()
+            && report
+                .stdout
+                .contains("chunked (256 KiB chunks of 4 KiB pages): SHA-256"),
         "{}",
         report.describe()
     );

@@ -4,12 +4,13 @@
 //! Two kinds of hash, each with BLAKE3 and SHA-256 (docs/MANIFEST.md,
 //! "Hashes"):
 //!
-//! - **chunked** ([`ChunkedDigest`]): the stream is cut into chunks of
-//!   `chunk_size` bytes, each chunk is hashed, and a root hash covers the
-//!   list of chunk hashes. A chunk of zeros has a hash known in advance, so
-//!   a hole costs one 32-byte root update per chunk instead of hashing its
-//!   zeros: hashing a 1 TiB core that holds 4 MiB of data costs about what
-//!   those 4 MiB cost.
+//! - **chunked** ([`ChunkedDigest`]): the stream is cut into pages, pages
+//!   are grouped into chunks, a chunk's hash covers its pages' hashes and a
+//!   root hash covers the list of chunk hashes. A page of zeros and a chunk
+//!   of zeros have hashes known in advance, so a hole costs 32 bytes of
+//!   hash input per page or chunk instead of hashing its zeros: hashing a
+//!   1 TiB core that holds 4 MiB of data, or a 4 GiB core with one page
+//!   touched in every 4 MiB, costs about what the stored pages cost.
 //! - **flat**: the hash of the bytes themselves, as `sha256sum` and `b3sum`
 //!   print it. Holes are hashed as zeros (SHA-256 and BLAKE3 of n zeros have
 //!   no shortcut), so it is computed only where that is cheap or asked for.
@@ -37,28 +38,83 @@ const BUF_LEN: usize = 1 << 20;
 /// Bound on data bytes queued for the hashing threads.
 const DEFAULT_MAX_PENDING: usize = 256 << 20;
 
-/// Chunk size of the chunked hashes coresnap writes. The cost of a chunked
-/// hash beyond the data is, for each chunk holding any data, the zeros of
-/// the rest of that chunk, plus 32 bytes of root input per chunk of the
-/// logical length. For a 1 TiB reservation with one page touched per GiB,
-/// 256 KiB gives 256 MiB of zeros and 128 MiB of root input (about 0.2 s of
-/// SHA-256 here), where 1 MiB would give 1 GiB and 32 MiB (0.6 s), and
-/// 64 KiB 64 MiB and 512 MiB.
+/// Chunk size of the chunked hashes coresnap writes. Beyond the data, a
+/// chunked hash costs 32 bytes of chunk input for each page of zeros in a
+/// chunk that holds data, and 32 bytes of root input per chunk of the
+/// logical length: for a 1 TiB core, 128 MiB of root input (about 70 ms of
+/// SHA-256 here).
 pub const CHUNK_SIZE: u64 = 256 << 10;
 
+/// Page (leaf) size of the chunked hashes coresnap writes: the kernel's
+/// page on x86-64, and the granularity at which a sparse core's holes
+/// appear (`SparseFile` never writes a run of zeros of a page or more).
+pub const PAGE_SIZE: u64 = 4096;
+
 /// The first bytes of every chunked root's input: names the scheme, so that
-/// a chunked root never equals a flat hash of some other content.
-pub const CHUNKED_TAG: &[u8] = b"coresnap-chunked-v1";
+/// a chunked root never equals a flat hash of some other content, nor a
+/// root of the other scheme.
+pub const CHUNKED_TAG: &[u8] = b"coresnap-chunked-v2";
+
+/// The tag of the scheme of manifest version 2, where a chunk's hash was
+/// that of its bytes (zeros in a chunk holding data were hashed as bytes).
+/// `verify` still checks such manifests.
+pub const CHUNKED_TAG_V1: &[u8] = b"coresnap-chunked-v1";
 
 /// Chunk sizes a manifest may name (verify refuses others rather than
 /// allocate or loop on a bogus value).
 pub const CHUNK_SIZES: std::ops::RangeInclusive<u64> = 4096..=(1 << 30);
 
+/// Page sizes a manifest may name.
+pub const PAGE_SIZES: std::ops::RangeInclusive<u64> = 512..=(1 << 20);
+
+/// How a chunked hash cuts its stream (docs/MANIFEST.md, "The chunked
+/// hash, exactly").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunking {
+    pub chunk_size: u64,
+    /// `Some(page)`: a chunk's hash is the hash of its pages' hashes
+    /// (`coresnap-chunked-v2`, what coresnap writes). `None`: a chunk's
+    /// hash is the hash of its bytes (`coresnap-chunked-v1`, manifest
+    /// version 2).
+    pub page_size: Option<u64>,
+}
+
+impl Chunking {
+    /// What a dump writes.
+    pub const CURRENT: Chunking = Chunking {
+        chunk_size: CHUNK_SIZE,
+        page_size: Some(PAGE_SIZE),
+    };
+
+    /// Why a manifest's sizes cannot be used, if they cannot: powers of
+    /// two in range, a chunk a whole number of pages.
+    pub fn check(self) -> Result<Chunking, String> {
+        let power = |n: u64| n.is_power_of_two();
+        if !CHUNK_SIZES.contains(&self.chunk_size) || !power(self.chunk_size) {
+            return Err(format!(
+                "the manifest's chunk size {} is not one coresnap writes (a power of two from {} to {} bytes)",
+                self.chunk_size,
+                CHUNK_SIZES.start(),
+                CHUNK_SIZES.end()
+            ));
+        }
+        if let Some(page) = self.page_size {
+            if !PAGE_SIZES.contains(&page) || !power(page) || page > self.chunk_size {
+                return Err(format!(
+                    "the manifest's page size {page} is not one coresnap writes (a power of two from {} bytes to the chunk size)",
+                    PAGE_SIZES.start()
+                ));
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Which hashes to compute over a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Want {
-    /// The chunked hashes, with this chunk size.
-    pub chunked: Option<u64>,
+    /// The chunked hashes, cut this way.
+    pub chunked: Option<Chunking>,
     /// The flat hashes (holes hashed as zeros).
     pub flat: bool,
 }
@@ -70,10 +126,10 @@ impl Want {
         flat: true,
     };
 
-    /// The chunked hashes with [`CHUNK_SIZE`], and the flat ones if `flat`.
+    /// The chunked hashes a dump writes, and the flat ones if `flat`.
     pub fn chunked(flat: bool) -> Want {
         Want {
-            chunked: Some(CHUNK_SIZE),
+            chunked: Some(Chunking::CURRENT),
             flat,
         }
     }
@@ -108,7 +164,7 @@ impl HashPair {
 /// The chunked roots of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkedDigest {
-    pub chunk_size: u64,
+    pub chunking: Chunking,
     pub root: HashPair,
 }
 
@@ -177,59 +233,134 @@ fn update_zeros<A: Algorithm>(hasher: &mut A, mut n: u64, stop: &AtomicBool) {
     }
 }
 
-/// The chunked hash of a stream with one algorithm:
-/// `root = H(CHUNKED_TAG || le64(chunk_size) || H(chunk 0) || ... ||
-/// H(chunk n-1) || le64(length))`, the last chunk possibly short.
+/// The chunked hash of a stream with one algorithm (docs/MANIFEST.md):
+/// leaves are pages (scheme v2) or whole chunks (v1); in v2 a chunk's hash
+/// covers its leaves' hashes; the root covers the tag, the sizes, the chunk
+/// hashes and the length. The last page and chunk may be short.
 struct Chunked<A> {
-    size: u64,
-    chunk: A,
-    /// Bytes of the current chunk hashed so far.
-    filled: u64,
+    /// Bytes per leaf: the page size, or the chunk size in scheme v1.
+    leaf_size: u64,
+    leaf: A,
+    /// Bytes of the current leaf hashed so far.
+    leaf_filled: u64,
+    /// Scheme v2: the hash over the current chunk's leaf hashes.
+    pages: Option<PagedChunk<A>>,
     root: A,
     /// The hash of a chunk of zeros, repeated: fed to the root in batches.
     zero_chunks: Vec<u8>,
 }
 
+/// The page level of scheme v2.
+struct PagedChunk<A> {
+    hasher: A,
+    /// Leaves of the current chunk closed so far.
+    leaves: u64,
+    per_chunk: u64,
+    /// The hash of a page of zeros, repeated `per_chunk` times.
+    zero_leaves: Vec<u8>,
+}
+
 impl<A: Algorithm> Chunked<A> {
-    fn new(size: u64) -> Chunked<A> {
+    fn new(chunking: Chunking) -> Chunked<A> {
         let mut root = A::new();
-        root.update(CHUNKED_TAG);
-        root.update(&size.to_le_bytes());
-        // The hash every whole chunk of zeros has: computed once per stream.
-        let mut zero = A::new();
-        update_zeros(&mut zero, size, &AtomicBool::new(false));
-        let zero = zero.finish_reset();
+        let zero_hash = |len: u64| {
+            let mut h = A::new();
+            update_zeros(&mut h, len, &AtomicBool::new(false));
+            h.finish_reset()
+        };
+        let (leaf_size, pages, zero_chunk) = match chunking.page_size {
+            Some(page) => {
+                root.update(CHUNKED_TAG);
+                root.update(&page.to_le_bytes());
+                root.update(&chunking.chunk_size.to_le_bytes());
+                let per_chunk = chunking.chunk_size / page;
+                let zero_leaves = zero_hash(page).repeat(per_chunk as usize);
+                let mut chunk = A::new();
+                chunk.update(&zero_leaves);
+                let zero_chunk = chunk.finish_reset();
+                let paged = PagedChunk {
+                    hasher: A::new(),
+                    leaves: 0,
+                    per_chunk,
+                    zero_leaves,
+                };
+                (page, Some(paged), zero_chunk)
+            }
+            None => {
+                root.update(CHUNKED_TAG_V1);
+                root.update(&chunking.chunk_size.to_le_bytes());
+                (chunking.chunk_size, None, zero_hash(chunking.chunk_size))
+            }
+        };
         Chunked {
-            size,
-            chunk: A::new(),
-            filled: 0,
+            leaf_size,
+            leaf: A::new(),
+            leaf_filled: 0,
+            pages,
             root,
-            zero_chunks: zero.repeat(1024),
+            zero_chunks: zero_chunk.repeat(1024),
         }
     }
 
     fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            let n = (self.size - self.filled).min(data.len() as u64) as usize;
-            self.chunk.update(&data[..n]);
-            self.filled += n as u64;
+            // A whole page of zeros (stored zeros, or a decompressed hole)
+            // has a known hash: checking costs far less than hashing.
+            if self.pages.is_some() && self.leaf_filled == 0 && data.len() as u64 >= self.leaf_size
+            {
+                let (page, rest) = data.split_at(self.leaf_size as usize);
+                if is_zero(page) {
+                    self.zero_leaves(self.leaf_size, false);
+                    data = rest;
+                    continue;
+                }
+            }
+            let n = (self.leaf_size - self.leaf_filled).min(data.len() as u64) as usize;
+            self.leaf.update(&data[..n]);
+            self.leaf_filled += n as u64;
             data = &data[n..];
-            if self.filled == self.size {
-                let digest = self.chunk.finish_reset();
-                self.root.update(&digest);
-                self.filled = 0;
+            if self.leaf_filled == self.leaf_size {
+                self.close_leaf();
             }
         }
     }
 
-    /// `n` zeros: only those in partly filled chunks are hashed.
+    /// The current leaf, possibly short, is complete.
+    fn close_leaf(&mut self) {
+        let digest = self.leaf.finish_reset();
+        self.leaf_filled = 0;
+        match &mut self.pages {
+            Some(pages) => {
+                pages.hasher.update(&digest);
+                pages.leaves += 1;
+                if pages.leaves == pages.per_chunk {
+                    self.close_chunk();
+                }
+            }
+            None => self.root.update(&digest),
+        }
+    }
+
+    /// Scheme v2: the current chunk, possibly short, is complete.
+    fn close_chunk(&mut self) {
+        if let Some(pages) = &mut self.pages {
+            let digest = pages.hasher.finish_reset();
+            pages.leaves = 0;
+            self.root.update(&digest);
+        }
+    }
+
+    /// `n` zeros: only those in a partly filled leaf are hashed as bytes;
+    /// whole pages and whole chunks of zeros cost their known hashes.
     fn zeros(&mut self, mut n: u64, stop: &AtomicBool) {
-        if self.filled > 0 {
-            let k = n.min(self.size - self.filled);
+        if self.leaf_filled > 0 {
+            let k = n.min(self.leaf_size - self.leaf_filled);
             self.update_zero_bytes(k);
             n -= k;
         }
-        let mut whole = n / self.size;
+        n -= self.zero_leaves(n, true);
+        let mut whole = n / self.chunk_len();
+        n -= whole * self.chunk_len();
         let per_batch = (self.zero_chunks.len() / 32) as u64;
         while whole > 0 {
             if stop.load(Ordering::Relaxed) {
@@ -239,7 +370,33 @@ impl<A: Algorithm> Chunked<A> {
             self.root.update(&self.zero_chunks[..32 * k as usize]);
             whole -= k;
         }
-        self.update_zero_bytes(n % self.size);
+        n -= self.zero_leaves(n, false);
+        self.update_zero_bytes(n);
+    }
+
+    /// Scheme v2: whole pages of zeros out of `n`, into the current chunk
+    /// (only if it is partly filled, when `partial_only`); the bytes used.
+    fn zero_leaves(&mut self, n: u64, partial_only: bool) -> u64 {
+        let Some(pages) = &mut self.pages else {
+            return 0;
+        };
+        if partial_only && pages.leaves == 0 {
+            return 0;
+        }
+        let k = (n / self.leaf_size).min(pages.per_chunk - pages.leaves);
+        pages.hasher.update(&pages.zero_leaves[..32 * k as usize]);
+        pages.leaves += k;
+        if pages.leaves == pages.per_chunk {
+            self.close_chunk();
+        }
+        k * self.leaf_size
+    }
+
+    fn chunk_len(&self) -> u64 {
+        match &self.pages {
+            Some(pages) => pages.per_chunk * self.leaf_size,
+            None => self.leaf_size,
+        }
     }
 
     fn update_zero_bytes(&mut self, mut n: u64) {
@@ -251,13 +408,29 @@ impl<A: Algorithm> Chunked<A> {
     }
 
     fn finish(mut self, len: u64) -> [u8; 32] {
-        if self.filled > 0 {
-            let digest = self.chunk.finish_reset();
-            self.root.update(&digest);
+        if self.leaf_filled > 0 {
+            self.close_leaf();
+        }
+        if self.pages.as_ref().is_some_and(|p| p.leaves > 0) {
+            self.close_chunk();
         }
         self.root.update(&len.to_le_bytes());
         self.root.finish_reset()
     }
+}
+
+/// Whether every byte of `bytes` is zero; stops at the first 64 bytes that
+/// are not, which for data is almost always the first.
+fn is_zero(bytes: &[u8]) -> bool {
+    let blocks = bytes.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks.into_iter().all(|block| {
+        block
+            .chunks_exact(16)
+            .map(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")))
+            .fold(0, |acc, w| acc | w)
+            == 0
+    }) && tail.iter().all(|&b| b == 0)
 }
 
 /// What one thread computes with one algorithm.
@@ -427,7 +600,7 @@ impl StreamHasher {
                 .want
                 .chunked
                 .zip(pair(blake3_chunked, sha256_chunked))
-                .map(|(chunk_size, root)| ChunkedDigest { chunk_size, root }),
+                .map(|(chunking, root)| ChunkedDigest { chunking, root }),
             flat: pair(blake3_flat, sha256_flat),
         }
     }
@@ -641,32 +814,48 @@ mod tests {
     use super::*;
     use crate::sink::Stream;
 
-    /// The chunked roots straight from their definition.
-    fn chunked_reference(data: &[u8], size: u64) -> HashPair {
-        let mut sha_root = <sha2::Sha256 as Digest>::new();
-        let mut blake_root = blake3::Hasher::new();
-        Digest::update(&mut sha_root, CHUNKED_TAG);
-        Digest::update(&mut sha_root, size.to_le_bytes());
-        blake_root.update(CHUNKED_TAG);
-        blake_root.update(&size.to_le_bytes());
-        for chunk in data.chunks(size as usize) {
-            Digest::update(&mut sha_root, sha2::Sha256::digest(chunk));
-            blake_root.update(blake3::hash(chunk).as_bytes());
+    /// The chunked roots straight from their definition (docs/MANIFEST.md).
+    fn chunked_reference(data: &[u8], chunking: Chunking) -> HashPair {
+        fn one<A: Algorithm>(data: &[u8], chunking: Chunking) -> [u8; 32] {
+            let hash = |bytes: &[u8]| {
+                let mut h = A::new();
+                h.update(bytes);
+                h.finish_reset()
+            };
+            let mut root = A::new();
+            match chunking.page_size {
+                Some(page) => {
+                    root.update(b"coresnap-chunked-v2");
+                    root.update(&page.to_le_bytes());
+                }
+                None => root.update(b"coresnap-chunked-v1"),
+            }
+            root.update(&chunking.chunk_size.to_le_bytes());
+            for chunk in data.chunks(chunking.chunk_size as usize) {
+                let digest = match chunking.page_size {
+                    Some(page) => {
+                        let leaves: Vec<u8> = chunk.chunks(page as usize).flat_map(hash).collect();
+                        hash(&leaves)
+                    }
+                    None => hash(chunk),
+                };
+                root.update(&digest);
+            }
+            root.update(&(data.len() as u64).to_le_bytes());
+            root.finish_reset()
         }
-        Digest::update(&mut sha_root, (data.len() as u64).to_le_bytes());
-        blake_root.update(&(data.len() as u64).to_le_bytes());
         HashPair {
-            blake3: *blake_root.finalize().as_bytes(),
-            sha256: sha_root.finalize().into(),
+            blake3: one::<blake3::Hasher>(data, chunking),
+            sha256: one::<sha2::Sha256>(data, chunking),
         }
     }
 
-    fn reference(data: &[u8], chunk_size: Option<u64>) -> Digests {
+    fn reference(data: &[u8], chunking: Option<Chunking>) -> Digests {
         Digests {
             len: data.len() as u64,
-            chunked: chunk_size.map(|chunk_size| ChunkedDigest {
-                chunk_size,
-                root: chunked_reference(data, chunk_size),
+            chunked: chunking.map(|chunking| ChunkedDigest {
+                chunking,
+                root: chunked_reference(data, chunking),
             }),
             flat: Some(HashPair {
                 blake3: *blake3::hash(data).as_bytes(),
@@ -690,16 +879,17 @@ mod tests {
         sink.finish((3 << 20) + 17).unwrap();
         assert_eq!(sink.written(), &[100, 2 << 20]);
         let digests = sink.finish_hashing().unwrap();
-        assert_eq!(digests, reference(&out, Some(CHUNK_SIZE)));
+        assert_eq!(digests, reference(&out, Some(Chunking::CURRENT)));
         assert_eq!(digests.len, (3 << 20) + 17);
     }
 
     #[test]
     fn zero_runs_give_the_hash_of_their_zeros() {
-        // Runs that start and end inside chunks, on chunk boundaries, span
-        // many chunks, and data that is itself all zeros: the chunked roots
-        // depend on the bytes only, not on how the zeros were handed over.
-        let size = 4096u64;
+        // Runs that start and end inside pages and chunks, on page and chunk
+        // boundaries, span many chunks, and data that is itself all zeros:
+        // the chunked roots depend on the bytes only, not on how the zeros
+        // were handed over. Both schemes: pages in chunks (v2), and chunks
+        // hashed as bytes (v1, still verified).
         let runs: &[(bool, u64)] = &[
             (true, 100),
             (false, 5000),
@@ -709,37 +899,82 @@ mod tests {
             (false, 40 * 4096 + 7),
             (true, 8192),
             (false, 4095),
+            (true, 4096),
+            (false, 16384 + 4096),
+            (true, 10),
+            (false, 16384 - 10),
+            (false, 3 * 16384),
+            (true, 5),
         ];
-        let mut hasher = StreamHasher::new(Want {
-            chunked: Some(size),
-            flat: true,
-        });
-        let mut same_as_data = StreamHasher::new(Want {
-            chunked: Some(size),
-            flat: true,
-        });
-        let mut all = Vec::new();
-        for (i, &(data, len)) in runs.iter().enumerate() {
-            if data {
-                let bytes: Vec<u8> = (0..len).map(|j| (j as usize * 13 + i) as u8 | 1).collect();
-                hasher.update(&bytes);
-                same_as_data.update(&bytes);
-                all.extend_from_slice(&bytes);
-            } else {
-                hasher.zeros(len);
-                same_as_data.update(&vec![0; len as usize]);
-                all.resize(all.len() + len as usize, 0);
+        let schemes = [
+            Chunking {
+                chunk_size: 16384,
+                page_size: Some(4096),
+            },
+            Chunking {
+                chunk_size: 4096,
+                page_size: Some(4096),
+            },
+            Chunking {
+                chunk_size: 4096,
+                page_size: None,
+            },
+        ];
+        for chunking in schemes {
+            let want = Want {
+                chunked: Some(chunking),
+                flat: true,
+            };
+            let mut hasher = StreamHasher::new(want);
+            let mut same_as_data = StreamHasher::new(want);
+            let mut all = Vec::new();
+            for (i, &(data, len)) in runs.iter().enumerate() {
+                if data {
+                    let bytes: Vec<u8> =
+                        (0..len).map(|j| (j as usize * 13 + i) as u8 | 1).collect();
+                    hasher.update(&bytes);
+                    same_as_data.update(&bytes);
+                    all.extend_from_slice(&bytes);
+                } else {
+                    hasher.zeros(len);
+                    same_as_data.update(&vec![0; len as usize]);
+                    all.resize(all.len() + len as usize, 0);
+                }
             }
+            let digests = hasher.finish();
+            assert_eq!(digests, reference(&all, Some(chunking)), "{chunking:?}");
+            assert_eq!(same_as_data.finish(), digests, "{chunking:?}");
         }
-        let digests = hasher.finish();
-        assert_eq!(digests, reference(&all, Some(size)));
-        assert_eq!(same_as_data.finish(), digests);
+    }
+
+    #[test]
+    fn the_schemes_give_different_roots() {
+        let data = [3u8; 10_000];
+        let v2 = reference(&data, Some(Chunking::CURRENT)).chunked.unwrap();
+        let v1 = Chunking {
+            chunk_size: CHUNK_SIZE,
+            page_size: None,
+        };
+        assert_ne!(v2.root, reference(&data, Some(v1)).chunked.unwrap().root);
+        assert!(Chunking::CURRENT.check().is_ok());
+        for bad in [
+            (3 << 12, Some(4096)),
+            (4096, Some(8192)),
+            (4096, Some(100)),
+            (1 << 31, None),
+        ] {
+            let chunking = Chunking {
+                chunk_size: bad.0,
+                page_size: bad.1,
+            };
+            assert!(chunking.check().is_err(), "{chunking:?}");
+        }
     }
 
     #[test]
     fn chunked_roots_differ_from_flat_and_by_length() {
-        let five = reference(&[0; 5], Some(4096));
-        let six = reference(&[0; 6], Some(4096));
+        let five = reference(&[0; 5], Some(Chunking::CURRENT));
+        let six = reference(&[0; 6], Some(Chunking::CURRENT));
         assert_ne!(five.chunked, six.chunked);
         assert_ne!(five.chunked.unwrap().root, five.flat.unwrap());
         let mut empty = StreamHasher::new(Want::chunked(false));
@@ -748,7 +983,7 @@ mod tests {
         assert_eq!(empty.flat, None);
         assert_eq!(
             empty.chunked.unwrap().root,
-            chunked_reference(&[], CHUNK_SIZE)
+            chunked_reference(&[], Chunking::CURRENT)
         );
     }
 
@@ -784,7 +1019,7 @@ mod tests {
         hasher.zeros(3);
         let mut all = data.clone();
         all.extend_from_slice(&[0, 0, 0]);
-        assert_eq!(hasher.finish(), reference(&all, Some(CHUNK_SIZE)));
+        assert_eq!(hasher.finish(), reference(&all, Some(Chunking::CURRENT)));
     }
 
     #[test]
@@ -800,7 +1035,7 @@ mod tests {
             all.extend_from_slice(&page);
             all.extend_from_slice(&[0; 100]);
         }
-        assert_eq!(hasher.finish(), reference(&all, Some(CHUNK_SIZE)));
+        assert_eq!(hasher.finish(), reference(&all, Some(Chunking::CURRENT)));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::reader::SeekableCore;
 use super::scan::{DataMap, ScanError, scan_elf, scan_zstd};
 use crate::cancel::CancelToken;
 use crate::manifest::{self, Manifest, note};
-use crate::sink::hashing::{CHUNK_SIZES, HashPair, Want};
+use crate::sink::hashing::{Chunking, HashPair, Want};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -223,8 +223,13 @@ pub fn verify(path: &Path, manifest_path: Option<&Path>, cancel: &CancelToken) -
         let flat = (core.blake3.as_deref(), core.sha256.as_deref());
         if chunked != (None, None) {
             let what = format!(
-                "core bytes, chunked ({} KiB chunks)",
-                core.chunk_size.unwrap_or(0) >> 10
+                "core bytes, chunked ({} KiB chunks{})",
+                core.chunk_size.unwrap_or(0) >> 10,
+                match core.page_size {
+                    Some(page) if page >= 1024 => format!(" of {} KiB pages", page >> 10),
+                    Some(page) => format!(" of {page}-byte pages"),
+                    None => String::new(),
+                }
             );
             let roots = scanned.core.chunked.as_ref().map(|c| &c.root);
             compare_digests(&mut report, &what, roots, chunked);
@@ -355,17 +360,22 @@ fn wanted_hashes(manifest: Option<&Manifest>, kind: FileKind, report: &mut Verif
     let core = manifest.core.as_ref();
     let chunked = core
         .filter(|c| c.blake3_chunked.is_some() || c.sha256_chunked.is_some())
-        .and_then(|c| match c.chunk_size {
-            Some(size) if CHUNK_SIZES.contains(&size) => Some(size),
-            other => {
-                report.fail(format!(
-                    "the manifest's chunk size {} is not one coresnap writes ({} to {} bytes)",
-                    other.map_or("(absent)".to_string(), |s| s.to_string()),
-                    CHUNK_SIZES.start(),
-                    CHUNK_SIZES.end()
-                ));
-                None
+        .and_then(|c| {
+            let Some(chunk_size) = c.chunk_size else {
+                report.fail("the manifest has chunked hashes but no chunk size".to_string());
+                return None;
+            };
+            // Version 2 chunked hashes have no page level; from version 3
+            // on the page size must be there.
+            if manifest.version >= 3 && c.page_size.is_none() {
+                report.fail("the manifest has chunked hashes but no page size".to_string());
+                return None;
             }
+            let chunking = Chunking {
+                chunk_size,
+                page_size: c.page_size,
+            };
+            chunking.check().map_err(|e| report.fail(e)).ok()
         });
     let core_flat = core.is_some_and(|c| c.blake3.is_some() || c.sha256.is_some());
     let file_flat = kind == FileKind::Elf

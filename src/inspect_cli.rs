@@ -2,6 +2,7 @@
 //! only; the work is in `coresnap::inspect`.
 
 use clap::Args;
+use coresnap::escape::escape;
 use coresnap::inspect::{self, InspectOptions, elf::CoreFile, extract, render};
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,18 +37,27 @@ pub struct InspectArgs {
     /// The manifest (default: FILE.json).
     #[arg(long = "manifest", value_name = "PATH")]
     manifest: Option<PathBuf>,
-    /// Do not read the mapped files from disk (no names, frame pointers only
-    /// outside the vDSO).
-    #[arg(long = "no-files")]
+    /// Open no file the core names, nor any debug file: only FILE and its
+    /// manifest are read (no names, frame pointers only outside the vDSO).
+    /// For a core from an untrusted source: without it, what inspect
+    /// prints about each mapped file tells whether this machine has a usable
+    /// copy of it. Example: --no-local-files
+    #[arg(long = "no-local-files", visible_alias = "no-files")]
     no_files: bool,
     /// Where separate debug files are (repeatable; default /usr/lib/debug).
     /// Example: --debug-dir /opt/debug
     #[arg(long = "debug-dir", value_name = "DIR")]
     debug_dir: Vec<PathBuf>,
     /// Read the mapped files under this directory (the core came from
-    /// another machine). Example: --sysroot /srv/sysroots/host1
+    /// another machine): every path the core names is looked up inside it,
+    /// `..` and symbolic links included. Example: --sysroot /srv/sysroots/host1
     #[arg(long = "sysroot", value_name = "DIR")]
     sysroot: Option<PathBuf>,
+    /// Refuse a file on disk that cannot be checked because the core holds
+    /// no build id for it (GNU or Go), instead of using it with a warning.
+    /// Example: -b --require-build-id
+    #[arg(long = "require-build-id")]
+    require_build_id: bool,
 }
 
 pub fn inspect(args: &InspectArgs) -> ExitCode {
@@ -63,10 +73,11 @@ pub fn inspect(args: &InspectArgs) -> ExitCode {
         options.files.debug_dirs = args.debug_dir.clone();
     }
     options.files.sysroot = args.sysroot.clone();
+    options.files.require_build_id = args.require_build_id;
     let report = match inspect::inspect_path(&args.file, &options) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("coresnap: {e}");
+            eprintln!("coresnap: {}", escape(&e.to_string()));
             return ExitCode::FAILURE;
         }
     };
@@ -85,7 +96,7 @@ pub fn inspect(args: &InspectArgs) -> ExitCode {
     }
     if !args.json {
         for w in &report.warnings {
-            eprintln!("coresnap: warning: {w}");
+            eprintln!("coresnap: warning: {}", escape(w));
         }
     }
     if report.manifest.verification == "failed" {
@@ -130,29 +141,31 @@ pub fn extract(args: &ExtractArgs) -> ExitCode {
     let opened = match inspect::source::open(&args.file) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("coresnap: {e}");
+            eprintln!("coresnap: {}", escape(&e.to_string()));
             return ExitCode::FAILURE;
         }
     };
     let core = match CoreFile::parse(&*opened.source) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("coresnap: {}: {e}", args.file.display());
+            let message = format!("{}: {e}", args.file.display());
+            eprintln!("coresnap: {}", escape(&message));
             return ExitCode::FAILURE;
         }
     };
     for w in &core.warnings {
-        eprintln!("coresnap: warning: {w}");
+        eprintln!("coresnap: warning: {}", escape(w));
     }
     let result = if let Some(dir) = &args.raw {
         extract::raw(&core, dir, args.force).map(|files| {
             let written = files.iter().filter(|f| f.name.is_some()).count();
             let bytes: u64 = files.iter().map(|f| f.size).sum();
-            eprintln!(
-                "coresnap: wrote {written} region files ({} bytes) and {}",
-                bytes,
-                dir.join("index.tsv").display()
+            let index = dir.join("index.tsv");
+            let message = format!(
+                "wrote {written} region files ({bytes} bytes, mode 0600) and {}",
+                index.display()
             );
+            eprintln!("coresnap: {}", escape(&message));
         })
     } else if let (Some(addr), Some(len)) = (args.addr, args.len) {
         extract::range(&core, addr, len, &mut std::io::stdout().lock())
@@ -163,7 +176,8 @@ pub fn extract(args: &ExtractArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("coresnap: {}: {e}", args.file.display());
+            let message = format!("{}: {e}", args.file.display());
+            eprintln!("coresnap: {}", escape(&message));
             ExitCode::FAILURE
         }
     }

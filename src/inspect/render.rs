@@ -3,6 +3,18 @@
 use super::model::*;
 use std::fmt::Write;
 
+/// Appends one line to the text: formatted, then every control character
+/// in it escaped ([`crate::escape::escape`]), so that no name from the
+/// core can end the line early or reach the terminal; then the newline.
+/// Every line of [`text`] is written through it.
+macro_rules! push_line {
+    ($out:expr, $($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        $out.push_str(&crate::escape::escape(&line));
+        $out.push('\n');
+    }};
+}
+
 /// The JSON of `--json` (pretty-printed, one trailing newline).
 pub fn json(report: &Report) -> String {
     let mut s = serde_json::to_string_pretty(report).unwrap_or_else(|e| {
@@ -55,8 +67,8 @@ pub fn text(r: &Report) -> String {
         super::source::FileFormat::ElfCore => "ELF core".to_string(),
         super::source::FileFormat::ZstdSeekable => "zstd seekable, compressed ELF core".to_string(),
     };
-    let _ = writeln!(o, "core:       {} ({format})", r.file.path);
-    let _ = writeln!(
+    push_line!(o, "core:       {} ({format})", r.file.path);
+    push_line!(
         o,
         "size:       {} logical, {} on disk{}",
         human_bytes(r.sizes.logical),
@@ -67,7 +79,7 @@ pub fn text(r: &Report) -> String {
             String::new()
         }
     );
-    let _ = writeln!(
+    push_line!(
         o,
         "memory:     {} mapped, {} in the core{}",
         human_bytes(r.sizes.mapped),
@@ -79,7 +91,7 @@ pub fn text(r: &Report) -> String {
     );
     match &r.process {
         Some(p) => {
-            let _ = writeln!(
+            push_line!(
                 o,
                 "process:    pid {}{}{}{}",
                 p.pid,
@@ -94,15 +106,15 @@ pub fn text(r: &Report) -> String {
                     .unwrap_or_default(),
             );
             if let (Some(uid), Some(gid)) = (p.uid, p.gid) {
-                let _ = writeln!(o, "user:       uid {uid}, gid {gid}");
+                push_line!(o, "user:       uid {uid}, gid {gid}");
             }
             if let Some(argv) = &p.argv {
-                let _ = writeln!(o, "command:    {}", argv.join(" "));
+                push_line!(o, "command:    {}", argv.join(" "));
             } else if let Some(c) = &p.command_line {
-                let _ = writeln!(o, "command:    {c}");
+                push_line!(o, "command:    {c}");
             }
             if let Some(e) = &p.executable {
-                let _ = writeln!(o, "executable: {e}");
+                push_line!(o, "executable: {e}");
             }
             match &p.signal {
                 Some(s) => {
@@ -119,15 +131,15 @@ pub fn text(r: &Report) -> String {
                     if let Some(t) = s.thread {
                         let _ = write!(line, ", taken by thread {t}");
                     }
-                    let _ = writeln!(o, "{line}");
+                    push_line!(o, "{line}");
                 }
                 None => {
-                    let _ = writeln!(o, "signal:     none (a snapshot of a live process)");
+                    push_line!(o, "signal:     none (a snapshot of a live process)");
                 }
             }
         }
         None => {
-            let _ = writeln!(
+            push_line!(
                 o,
                 "process:    unknown (no NT_PRPSINFO or NT_PRSTATUS note)"
             );
@@ -163,34 +175,33 @@ pub fn text(r: &Report) -> String {
             if let Some(k) = &c.kernel_release {
                 let _ = write!(line, " (Linux {k})");
             }
-            let _ = writeln!(o, "{line}");
+            push_line!(o, "{line}");
         }
         None => {
-            let _ = writeln!(
+            push_line!(
                 o,
                 "captured:   no CORESNAP note (written by the kernel, gdb or another tool)"
             );
         }
     }
-    let _ = match r.manifest.verification.as_str() {
-        "verified" => writeln!(o, "manifest:   {}: hashes verified", r.manifest.path),
+    match r.manifest.verification.as_str() {
+        "verified" => push_line!(o, "manifest:   {}: hashes verified", r.manifest.path),
         "failed" => {
-            let _ = writeln!(o, "manifest:   {}: NOT VERIFIED", r.manifest.path);
+            push_line!(o, "manifest:   {}: NOT VERIFIED", r.manifest.path);
             for c in r.manifest.checks.iter().filter(|c| !c.ok) {
-                let _ = writeln!(o, "              FAIL {}", c.what);
+                push_line!(o, "              FAIL {}", c.what);
             }
-            Ok(())
         }
-        "not-checked" => writeln!(
+        "not-checked" => push_line!(
             o,
             "manifest:   {}: present, not verified (run `coresnap verify`, or inspect --verify)",
             r.manifest.path
         ),
-        "absent" => writeln!(o, "manifest:   none ({} does not exist)", r.manifest.path),
-        other => writeln!(o, "manifest:   {other}"),
-    };
+        "absent" => push_line!(o, "manifest:   none ({} does not exist)", r.manifest.path),
+        other => push_line!(o, "manifest:   {other}"),
+    }
     if let Some(d) = &r.file.decompression {
-        let _ = writeln!(
+        push_line!(
             o,
             "zstd:       {} frames; {} read for this report ({} decompressed, {} of {} compressed bytes read)",
             d.frames,
@@ -204,16 +215,17 @@ pub fn text(r: &Report) -> String {
             human_bytes(r.sizes.file_length),
         );
         if matches!(r.manifest.verification.as_str(), "verified" | "failed") {
-            let _ = writeln!(
+            push_line!(
                 o,
                 "            (the manifest check read and decompressed the whole file besides)"
             );
         }
     }
 
-    let _ = writeln!(o, "\nthreads ({}):", r.threads.len());
+    o.push('\n');
+    push_line!(o, "threads ({}):", r.threads.len());
     for t in &r.threads {
-        let _ = writeln!(
+        push_line!(
             o,
             "  {:>7}  pc {:#014x}  sp {:#014x}  {}{}",
             t.tid,
@@ -228,9 +240,10 @@ pub fn text(r: &Report) -> String {
 
     if r.backtraces {
         let pid = r.process.as_ref().map(|p| p.pid).unwrap_or(0);
-        let _ = writeln!(o, "\nPID {pid} - process");
+        o.push('\n');
+        push_line!(o, "PID {pid} - process");
         for t in &r.threads {
-            let _ = writeln!(o, "TID {}:", t.tid);
+            push_line!(o, "TID {}:", t.tid);
             let Some(bt) = &t.backtrace else { continue };
             for f in &bt.frames {
                 let mut line = format!(
@@ -246,15 +259,16 @@ pub fn text(r: &Report) -> String {
                     let _ = write!(line, " - {}", base_name(m));
                 }
                 let _ = write!(line, " [{}]", f.method.as_str());
-                let _ = writeln!(o, "{line}");
+                push_line!(o, "{line}");
             }
             if !bt.complete {
-                let _ = writeln!(o, "    ({})", bt.end);
+                push_line!(o, "    ({})", bt.end);
             }
         }
     }
 
-    let _ = writeln!(o, "\nmappings ({}):", r.mappings.len());
+    o.push('\n');
+    push_line!(o, "mappings ({}):", r.mappings.len());
     for m in &r.mappings {
         let presence = if !m.in_core {
             "not in core".to_string()
@@ -276,17 +290,20 @@ pub fn text(r: &Report) -> String {
             (Some(f), None) => format!("  {f}"),
             _ => String::new(),
         };
-        let _ = writeln!(
+        push_line!(
             o,
             "  {:#014x}-{:#014x} {:<4} {presence}{holes}{file}",
-            m.start, m.end, m.perms
+            m.start,
+            m.end,
+            m.perms
         );
     }
 
     if !r.modules.is_empty() {
-        let _ = writeln!(o, "\nmodules ({}):", r.modules.len());
+        o.push('\n');
+        push_line!(o, "modules ({}):", r.modules.len());
         for m in &r.modules {
-            let _ = writeln!(
+            push_line!(
                 o,
                 "  {}  build-id {}{}: {}{}",
                 m.path,
@@ -304,13 +321,15 @@ pub fn text(r: &Report) -> String {
         }
     }
 
-    let _ = writeln!(
+    o.push('\n');
+    push_line!(
         o,
-        "\nnotes ({} in {} PT_NOTE segment(s)):",
-        r.elf.notes, r.elf.note_segments
+        "notes ({} in {} PT_NOTE segment(s)):",
+        r.elf.notes,
+        r.elf.note_segments
     );
     for n in &r.notes {
-        let _ = writeln!(
+        push_line!(
             o,
             "  {:<22} {:<9} x{:<5} {}",
             n.type_name,
@@ -319,17 +338,19 @@ pub fn text(r: &Report) -> String {
             human_bytes(n.bytes)
         );
     }
-    let _ = writeln!(
+    o.push('\n');
+    push_line!(
         o,
-        "\nELF:        {} program headers{}, {} PT_LOAD",
+        "ELF:        {} program headers{}, {} PT_LOAD",
         r.elf.program_headers,
         if r.elf.pn_xnum { " (PN_XNUM)" } else { "" },
         r.elf.load_segments
     );
     if !r.warnings.is_empty() {
-        let _ = writeln!(o, "\nwarnings ({}):", r.warnings.len());
+        o.push('\n');
+        push_line!(o, "warnings ({}):", r.warnings.len());
         for w in &r.warnings {
-            let _ = writeln!(o, "  {w}");
+            push_line!(o, "  {w}");
         }
     }
     o

@@ -13,7 +13,7 @@
 //! table.
 
 use crate::process::freeze::FrozenProcess;
-use crate::process::inject::{self, BorrowedCode, InjectError, SYS_CLONE, SYS_WAIT4};
+use crate::process::inject::{self, InjectError, SYS_CLONE, SYS_WAIT4};
 use crate::process::memory::{MemoryError, MemoryReader, MemorySource, Unreadable};
 use crate::snapshot::Snapshot;
 use crate::sys::ptrace::{self, StopEvent};
@@ -27,9 +27,17 @@ pub enum CowError {
     #[error("the target runs under a seccomp filter, which could kill it for the injected clone")]
     Seccomp,
     #[error(
-        "the target's private memory ({anon_mib} MiB) is more than half of the memory available ({available_mib} MiB); pages it writes during the dump would be duplicated"
+        "{setting}, so the clone is not what runs out of memory first; the target's private memory ({anon_mib} MiB), all of which it could duplicate during the dump, is more than the copy may cost ({cap_mib} MiB; raise it with --cow-max-copy)"
     )]
-    NotEnoughMemory { anon_mib: u64, available_mib: u64 },
+    OomKillerWouldSpareClone {
+        setting: &'static str,
+        anon_mib: u64,
+        cap_mib: u64,
+    },
+    #[error(
+        "the clone could not be made the out-of-memory killer's first choice (writing 1000 to /proc/{clone}/oom_score_adj: {source})"
+    )]
+    OomScore { clone: i32, source: std::io::Error },
     #[error(
         "its shared and MADV_DONTFORK memory ({mib} MiB) would have to be copied under the freeze, which is more than a quarter of the available memory"
     )]
@@ -64,15 +72,15 @@ struct Preloaded {
 }
 
 /// The frozen copy of the target: memory is read from the clone, except for
-/// preloaded regions, and with the borrowed code bytes put back.
+/// preloaded regions.
 pub struct CowCopy {
     target: i32,
     child: i32,
     child_memory: MemoryReader,
     preloaded: Vec<Preloaded>,
-    borrowed: BorrowedCode,
     timeout: Duration,
     finished: bool,
+    watch: std::sync::Mutex<CostWatch>,
 }
 
 fn meminfo_kb(key: &str) -> Option<u64> {
@@ -99,13 +107,6 @@ fn check_preconditions(frozen: &FrozenProcess, snapshot: &Snapshot) -> Result<()
         return Err(CowError::Seccomp);
     }
     let available_kb = meminfo_kb("MemAvailable:").unwrap_or(0);
-    let anon_kb = status_number(pid, "RssAnon:").unwrap_or(0);
-    if anon_kb > available_kb / 2 {
-        return Err(CowError::NotEnoughMemory {
-            anon_mib: anon_kb >> 10,
-            available_mib: available_kb >> 10,
-        });
-    }
     let preload: u64 = snapshot
         .regions
         .iter()
@@ -124,6 +125,145 @@ fn check_preconditions(frozen: &FrozenProcess, snapshot: &Snapshot) -> Result<()
 pub fn needs_preload(region: &crate::snapshot::Region) -> bool {
     let m = &region.mapping;
     region.dumped_len() > 0 && (m.shared || m.has_vm_flag(b"dc") || m.has_vm_flag(b"wf"))
+}
+
+/// How long the clone is watched before coresnap commits to copying from
+/// it: what the target duplicates in this time gives its write rate. The
+/// work after the release (page map, notes, manifest) overlaps it.
+pub const PROBE_WINDOW: Duration = Duration::from_millis(100);
+
+/// The copy speed assumed when the probe's write rate is projected over the
+/// whole copy: lower than a plain dump reaches on an idle machine
+/// (docs/PERFORMANCE.md), so that the projection errs on the costly side.
+const ASSUMED_COPY_BYTES_PER_SEC: u64 = 512 << 20;
+
+/// How much more of the copy's time a look at the clone's memory may take:
+/// a look walks the clone's page tables (about 15 ms per GiB of 4 KiB
+/// pages), so the looks are spaced at least ten times their cost apart.
+const LOOK_SPACING: u32 = 10;
+
+/// The copy's cost in memory. The clone keeps every page as it was at the
+/// freeze; each page the target writes (or frees) during the copy is then
+/// held twice, the old one by the clone alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CopyCost {
+    /// The most the copy may cost (`--cow-max-copy`, by default half of
+    /// `MemAvailable` when the dump began).
+    pub cap: u64,
+    /// The target's private resident memory at the freeze: the most it
+    /// can duplicate.
+    pub private: u64,
+    /// Bytes per second the target duplicated during the probe.
+    pub write_rate: u64,
+    /// What the whole copy is expected to cost, from the probe.
+    pub expected: u64,
+    /// What it did cost: memory only the clone held, at the last look
+    /// (the clone's `Private_Dirty`).
+    pub duplicated: u64,
+}
+
+/// The cap on the copy's cost: `max_copy`, or half of the memory available.
+pub fn copy_cap(max_copy: Option<u64>) -> u64 {
+    max_copy.unwrap_or_else(|| meminfo_kb("MemAvailable:").unwrap_or(0) * 1024 / 2)
+}
+
+/// A kernel setting under which the out-of-memory killer does not pick the
+/// process with the highest `oom_score_adj`.
+fn oom_killer_spares_clone() -> Option<&'static str> {
+    let set = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/vm/{name}")).is_ok_and(|v| v.trim() != "0")
+    };
+    if set("panic_on_oom") {
+        Some("vm.panic_on_oom is set (running out of memory panics the machine)")
+    } else if set("oom_kill_allocating_task") {
+        Some(
+            "vm.oom_kill_allocating_task is set (the process whose allocation fails is killed: the target, whose writes need the copies)",
+        )
+    } else {
+        None
+    }
+}
+
+/// Before the freeze: the target's private resident memory, or why a clone
+/// is not safe at any write rate. The clone is the out-of-memory killer's
+/// first pick, so a copy that costs more than the machine has kills the
+/// clone, not the target, unless a kernel setting changes who is picked:
+/// then the worst case, every private page duplicated, must fit the cap.
+pub fn check_budget(pid: i32, cap: u64) -> Result<u64, CowError> {
+    let private = status_number(pid, "RssAnon:").unwrap_or(0) * 1024;
+    match oom_killer_spares_clone() {
+        Some(setting) if private > cap => Err(CowError::OomKillerWouldSpareClone {
+            setting,
+            anon_mib: private >> 20,
+            cap_mib: cap >> 20,
+        }),
+        _ => Ok(private),
+    }
+}
+
+/// Makes `clone` the process the out-of-memory killer picks first, before
+/// it holds a page of its own: the target's writes during the copy are what
+/// costs memory, and should that run out, the clone is the one to go.
+fn make_first_oom_victim(clone: i32) -> Result<(), CowError> {
+    std::fs::write(format!("/proc/{clone}/oom_score_adj"), "1000")
+        .map_err(|source| CowError::OomScore { clone, source })
+}
+
+/// Memory only `clone` holds: its private dirty pages, every one a page the
+/// target has written or freed since the clone was made. `None` once the
+/// clone is gone.
+fn clone_only_bytes(clone: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{clone}/smaps_rollup")).ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Private_Dirty:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The global count of out-of-memory kills (`oom_kill` in /proc/vmstat).
+fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The clone's memory cost as the copy goes: looked at now and then from
+/// the reading thread, and the clone killed once the cost passes the cap.
+struct CostWatch {
+    made: Instant,
+    oom_kills_at_start: u64,
+    cost: CopyCost,
+    next_look: Instant,
+    /// Why coresnap killed the clone itself.
+    gave_up: Option<String>,
+}
+
+impl CostWatch {
+    fn new() -> CostWatch {
+        let now = Instant::now();
+        CostWatch {
+            made: now,
+            oom_kills_at_start: oom_kills(),
+            cost: CopyCost::default(),
+            next_look: now,
+            gave_up: None,
+        }
+    }
+}
+
+fn mib(bytes: u64) -> u64 {
+    bytes >> 20
 }
 
 impl CowCopy {
@@ -156,6 +296,12 @@ impl CowCopy {
                 (-injected.result) as i32,
             )));
         };
+        if let Err(e) = make_first_oom_victim(child) {
+            kill_and_wait(child, timeout);
+            let _ = reap_in_target(pid, child, timeout);
+            return Err(e);
+        }
+        let watch = std::sync::Mutex::new(CostWatch::new());
         // Every private page of the clone is shared with the target: read
         // it without pinning, or the kernel would copy each page it reads.
         let child_memory = match MemoryReader::open_clone(child) {
@@ -171,14 +317,130 @@ impl CowCopy {
             child,
             child_memory,
             preloaded,
-            borrowed: injected.borrowed,
             timeout,
             finished: false,
+            watch,
         })
     }
 
     pub fn child_pid(&self) -> i32 {
         self.child
+    }
+
+    /// After the release, before the first byte is copied: waits out
+    /// [`PROBE_WINDOW`] from the clone's creation, measures how fast the
+    /// target duplicates memory and projects it over the copy of `private`
+    /// bytes. `Err` says why the copy would cost more than `cap`.
+    pub fn probe(&self, cap: u64, private: u64) -> Result<CopyCost, String> {
+        let made = self.watch().made;
+        std::thread::sleep(PROBE_WINDOW.saturating_sub(made.elapsed()));
+        let duplicated = clone_only_bytes(self.child).ok_or_else(|| self.lost())?;
+        let elapsed = made.elapsed().as_secs_f64().max(1e-3);
+        let write_rate = (duplicated as f64 / elapsed) as u64;
+        let copy_secs = private as f64 / ASSUMED_COPY_BYTES_PER_SEC as f64;
+        let expected = private.min(duplicated + (write_rate as f64 * copy_secs) as u64);
+        let cost = CopyCost {
+            cap,
+            private,
+            write_rate,
+            expected,
+            duplicated,
+        };
+        let mut watch = self.watch();
+        watch.cost = cost;
+        watch.next_look = Instant::now() + PROBE_WINDOW;
+        if expected > cap {
+            return Err(format!(
+                "the target duplicated {} MiB/s of its memory during a {} ms probe, so copying its {} MiB from a clone is expected to cost {} MiB, more than the {} MiB allowed (--cow-max-copy)",
+                mib(write_rate),
+                PROBE_WINDOW.as_millis(),
+                mib(private),
+                mib(expected),
+                mib(cap)
+            ));
+        }
+        Ok(cost)
+    }
+
+    /// The copy's cost so far, looked at once more.
+    pub fn cost(&self) -> CopyCost {
+        let mut watch = self.watch();
+        if let Some(now) = clone_only_bytes(self.child) {
+            watch.cost.duplicated = watch.cost.duplicated.max(now);
+        }
+        watch.cost
+    }
+
+    /// Looks at the copy's cost when it is time to, and kills the clone once
+    /// it passes the cap: the reads that follow then fail, and
+    /// [`lost`](Self::lost) says why.
+    fn keep_within_cap(&self) {
+        let mut watch = self.watch();
+        if watch.gave_up.is_some() || watch.cost.cap == 0 || Instant::now() < watch.next_look {
+            return;
+        }
+        let started = Instant::now();
+        let Some(duplicated) = clone_only_bytes(self.child) else {
+            return;
+        };
+        watch.cost.duplicated = watch.cost.duplicated.max(duplicated);
+        watch.next_look = Instant::now() + (started.elapsed() * LOOK_SPACING).max(PROBE_WINDOW);
+        if duplicated > watch.cost.cap {
+            watch.gave_up = Some(format!(
+                "the target had duplicated {} MiB of its memory during the copy, more than the {} MiB allowed (--cow-max-copy), so coresnap ended the clone",
+                mib(duplicated),
+                mib(watch.cost.cap)
+            ));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Why the clone is gone before its memory was copied (to be asked once
+    /// reading it has failed).
+    pub fn lost(&self) -> String {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let watch = self.watch();
+        if let Some(why) = &watch.gave_up {
+            return why.clone();
+        }
+        let child = self.child;
+        // Its memory goes before its exit is reported: wait for the report.
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            let status = waitpid(
+                nix::unistd::Pid::from_raw(child),
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+            );
+            match status {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => break status,
+            }
+        };
+        let how = match status {
+            Ok(WaitStatus::Signaled(_, signal, _)) => format!("was killed by {}", signal.as_str()),
+            Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
+            _ => "ended".to_string(),
+        };
+        let oom_kills = oom_kills().saturating_sub(watch.oom_kills_at_start);
+        let who = if oom_kills > 0 {
+            format!(
+                "the kernel's out-of-memory killer killed {oom_kills} process(es) meanwhile; the clone, its first pick, was one"
+            )
+        } else {
+            "not by the out-of-memory killer: the target kills its own children, or another process killed it".to_string()
+        };
+        format!(
+            "the copy-on-write clone (pid {child}) {how} before its memory was copied ({who}); the target is still running"
+        )
+    }
+
+    fn watch(&self) -> std::sync::MutexGuard<'_, CostWatch> {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Kills the clone and has the target reap it. Call after the target has
@@ -207,6 +469,7 @@ impl MemorySource for CowCopy {
         buf: &mut [u8],
         unreadable: &mut Vec<Unreadable>,
     ) -> Result<(), MemoryError> {
+        self.keep_within_cap();
         let end = addr + buf.len() as u64;
         if let Some(pre) = self
             .preloaded
@@ -223,14 +486,6 @@ impl MemorySource for CowCopy {
         } else {
             self.child_memory.read(addr, buf, unreadable)?;
         }
-        // The clone was made while the trampoline sat in the target's code.
-        let code_start = self.borrowed.addr;
-        let code_end = code_start + self.borrowed.original.len() as u64;
-        if code_start < end && addr < code_end {
-            for at in code_start.max(addr)..code_end.min(end) {
-                buf[(at - addr) as usize] = self.borrowed.original[(at - code_start) as usize];
-            }
-        }
         Ok(())
     }
 
@@ -240,18 +495,16 @@ impl MemorySource for CowCopy {
         buf: &mut [u8],
         unreadable: &mut Vec<Unreadable>,
     ) -> Result<(), MemoryError> {
-        let special = |&(addr, _, len): &(u64, usize, usize)| {
+        let preloaded = |&(addr, _, len): &(u64, usize, usize)| {
             let end = addr + len as u64;
-            let borrowed_end = self.borrowed.addr + self.borrowed.original.len() as u64;
-            (self.borrowed.addr < end && addr < borrowed_end)
-                || self
-                    .preloaded
-                    .iter()
-                    .any(|p| p.start < end && addr < p.start + p.bytes.len() as u64)
+            self.preloaded
+                .iter()
+                .any(|p| p.start < end && addr < p.start + p.bytes.len() as u64)
         };
-        if pieces.iter().any(special) {
+        if pieces.iter().any(preloaded) {
             crate::process::memory::read_each(self, pieces, buf, unreadable)
         } else {
+            self.keep_within_cap();
             self.child_memory.read_pieces(pieces, buf, unreadable)
         }
     }

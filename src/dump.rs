@@ -72,6 +72,9 @@ pub struct DumpOptions {
     pub progress: Option<ProgressFn>,
     /// How the target is kept still while its memory is copied.
     pub mode: DumpMode,
+    /// With `--mode cow`: the most the copy may cost in memory, in bytes
+    /// (`--cow-max-copy`); `None`: half of the memory available.
+    pub cow_max_copy: Option<u64>,
     /// ptrace, or not (`--no-ptrace`).
     pub attach: Attach,
     /// Instead of dumping now, stay attached and dump when a thread is about
@@ -102,6 +105,7 @@ impl Default for DumpOptions {
             cancel: CancelToken::new(),
             progress: None,
             mode: DumpMode::Stop,
+            cow_max_copy: None,
             attach: Attach::Ptrace,
             on_signal: None,
             compress: None,
@@ -144,6 +148,9 @@ pub struct DumpReport {
     pub freeze: &'static str,
     /// Why `--mode cow` fell back to stop mode, if it did.
     pub cow_fallback: Option<String>,
+    /// With a clone: what the copy was expected to cost in memory and what
+    /// it did cost.
+    pub cow_cost: Option<crate::cow::CopyCost>,
     /// Problems that did not stop the dump (e.g. cleaning up the clone).
     pub warnings: Vec<String>,
     /// The signal that caused the dump (`on_signal`), with the thread that
@@ -176,6 +183,21 @@ pub enum DumpError {
     Cow {
         pid: i32,
         source: crate::cow::CowError,
+    },
+    #[error(
+        "--mode cow gave up on process {pid}: {reason}; no core was written{}",
+        if *.no_fallback {
+            " (drop --no-fallback to dump it in stop mode instead)"
+        } else {
+            " (what was already streamed cannot be taken back: dump it again with --mode stop)"
+        }
+    )]
+    CowAbandoned {
+        pid: i32,
+        reason: String,
+        /// Part of the core had been written.
+        written: bool,
+        no_fallback: bool,
     },
     #[error(transparent)]
     Collect(#[from] CollectError),
@@ -520,6 +542,36 @@ fn zstd_file(name: &str, stats: &SeekableStats, digests: Digests) -> FileEntry {
 /// when complete, so a failed or interrupted dump leaves no file behind;
 /// existing files are replaced only with `options.overwrite`.
 pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<DumpReport, DumpError> {
+    match dump_to_path_once(pid, path, options) {
+        // The clone was lost with part of the core written: a file, unlike
+        // a stream, can be started over.
+        Err(DumpError::CowAbandoned {
+            reason,
+            written: true,
+            no_fallback: false,
+            ..
+        }) => {
+            let mut report = dump_to_path_once(pid, path, &in_stop_mode(options))?;
+            report.cow_fallback = Some(reason);
+            Ok(report)
+        }
+        other => other,
+    }
+}
+
+/// The same dump in stop mode: the fallback when the clone is lost.
+fn in_stop_mode(options: &DumpOptions) -> DumpOptions {
+    DumpOptions {
+        mode: DumpMode::Stop,
+        ..options.clone()
+    }
+}
+
+fn dump_to_path_once(
+    pid: i32,
+    path: &Path,
+    options: &DumpOptions,
+) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
     let manifest_path = options.manifest.then(|| {
         options
@@ -628,8 +680,31 @@ pub fn dump_into_sink(
     dump_with(pid, sink, options, options.manifest)
 }
 
-/// The pipeline; `hash_inline`: hash the core in the write path.
+/// The pipeline; `hash_inline`: hash the core in the write path. A clone
+/// given up before anything was written is followed by a dump in stop mode
+/// into the same sink, unless `--no-fallback`.
 fn dump_with(
+    pid: i32,
+    sink: &mut dyn Sink,
+    options: &DumpOptions,
+    hash_inline: bool,
+) -> Result<DumpReport, DumpError> {
+    match dump_once(pid, sink, options, hash_inline) {
+        Err(DumpError::CowAbandoned {
+            reason,
+            written: false,
+            no_fallback: false,
+            ..
+        }) => {
+            let mut report = dump_once(pid, sink, &in_stop_mode(options), hash_inline)?;
+            report.cow_fallback = Some(reason);
+            Ok(report)
+        }
+        other => other,
+    }
+}
+
+fn dump_once(
     pid: i32,
     sink: &mut dyn Sink,
     options: &DumpOptions,
@@ -723,6 +798,8 @@ fn dump_with(
         }
     };
     let mut cow_fallback = None;
+    let cow_cap = crate::cow::copy_cap(options.cow_max_copy);
+    let mut cow_private = 0;
     let cow = match (options.mode, &hold) {
         (DumpMode::Stop, _) | (_, Hold::Unattached(_)) => None,
         // A stopped target stays stopped either way: no pause to shorten.
@@ -732,7 +809,11 @@ fn dump_with(
             None
         }
         (DumpMode::Cow { fallback }, Hold::Attached(frozen)) => {
-            match CowCopy::prepare(frozen, &snapshot, &memory, options.freeze_timeout) {
+            let prepared = crate::cow::check_budget(pid, cow_cap).and_then(|private| {
+                cow_private = private;
+                CowCopy::prepare(frozen, &snapshot, &memory, options.freeze_timeout)
+            });
+            match prepared {
                 Ok(copy) => Some(copy),
                 Err(source) if fallback => {
                     cow_fallback = Some(source.to_string());
@@ -755,6 +836,23 @@ fn dump_with(
             collect::find_populated(&mut snapshot, copy.child_pid(), crate::cow::needs_preload)
         }
         None => collect::find_populated(&mut snapshot, pid, |_| false),
+    }
+    // The work since the release overlapped the probe of the target's
+    // write rate; whether the copy stays within its cap is decided now,
+    // before the first byte is written.
+    let mut cow_cost = None;
+    if let (Some(copy), DumpMode::Cow { fallback }) = (&cow, options.mode) {
+        match copy.probe(cow_cap, cow_private) {
+            Ok(cost) => cow_cost = Some(cost),
+            Err(reason) => {
+                return Err(DumpError::CowAbandoned {
+                    pid,
+                    reason,
+                    written: false,
+                    no_fallback: !fallback,
+                });
+            }
+        }
     }
     let mode = if cow.is_some() {
         options.mode
@@ -803,6 +901,19 @@ fn dump_with(
                 &options.cancel,
                 &progress,
             );
+            if let Err(WriteError::Memory(MemoryError::ProcessGone { pid: gone })) = &written
+                && *gone == copy.child_pid()
+            {
+                let reason = copy.lost();
+                let _ = copy.finish();
+                return Err(DumpError::CowAbandoned {
+                    pid,
+                    reason,
+                    written: true,
+                    no_fallback: options.mode == DumpMode::Cow { fallback: false },
+                });
+            }
+            cow_cost = Some(copy.cost());
             if let Err(e) = copy.finish() {
                 // A target that exited meanwhile has nothing left to clean
                 // up: its children, the clone among them, went to the reaper.
@@ -864,6 +975,7 @@ fn dump_with(
         mode,
         freeze: freeze_method,
         cow_fallback,
+        cow_cost,
         warnings,
         trigger,
         manifest: Some(Box::new(manifest)),

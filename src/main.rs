@@ -88,6 +88,15 @@ struct Cli {
     #[arg(long = "no-fallback", requires = "mode")]
     no_fallback: bool,
 
+    /// With --mode cow: the most memory the copy may cost. Every page the
+    /// target writes while its memory is copied from the clone is held
+    /// twice; above this (as projected from the target's write rate before
+    /// the copy, or as measured during it) the dump is redone in stop mode,
+    /// or fails with --no-fallback. Default: half of MemAvailable.
+    /// Example: --cow-max-copy 2G
+    #[arg(long = "cow-max-copy", value_name = "SIZE", value_parser = parse_size, requires = "mode")]
+    cow_max_copy: Option<u64>,
+
     /// Dump without ptrace, e.g. a process that gdb or strace already
     /// traces: hold it with its cgroup's freezer when it is alone in a
     /// cgroup v2, else with SIGSTOP (undone with SIGCONT; a stop found in
@@ -404,6 +413,7 @@ fn main() -> ExitCode {
                 fallback: !cli.no_fallback,
             },
         },
+        cow_max_copy: cli.cow_max_copy,
         compress: cli.compress.map(|level| coresnap::sink::CompressOptions {
             level,
             jobs: cli.jobs.unwrap_or(0) as usize,
@@ -482,6 +492,9 @@ fn main() -> ExitCode {
                         "coresnap: pid {pid}: --mode cow is not possible ({why}); dumped in stop mode"
                     );
                 }
+                if let (Some(cost), false) = (&report.cow_cost, cli.quiet) {
+                    eprintln!("{}", cow_cost_line(pid, cost));
+                }
                 if let Some(trigger) = &report.trigger {
                     let name = nix::sys::signal::Signal::try_from(trigger.signal)
                         .map_or("?", |s| s.as_str());
@@ -536,6 +549,18 @@ fn progress_bar() -> indicatif::ProgressBar {
 }
 
 pub(crate) use coresnap::inspect::render::human_bytes;
+
+/// What the copy from the clone was expected to cost in memory and did.
+fn cow_cost_line(pid: i32, cost: &coresnap::cow::CopyCost) -> String {
+    format!(
+        "coresnap: pid {pid}: copy-on-write cost: expected {} (target writing {}/s, {} private), measured {}, cap {}",
+        human_bytes(cost.expected),
+        human_bytes(cost.write_rate),
+        human_bytes(cost.private),
+        human_bytes(cost.duplicated),
+        human_bytes(cost.cap)
+    )
+}
 
 fn summary(report: &DumpReport) -> String {
     let target = report

@@ -171,7 +171,8 @@ pub fn copy_cap(max_copy: Option<u64>) -> u64 {
 /// process with the highest `oom_score_adj`.
 fn oom_killer_spares_clone() -> Option<&'static str> {
     let set = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/vm/{name}")).is_ok_and(|v| v.trim() != "0")
+        std::fs::read_to_string(format!("/proc/sys/vm/{name}"))
+            .is_ok_and(|v| v.trim() != "0")
     };
     if set("panic_on_oom") {
         Some("vm.panic_on_oom is set (running out of memory panics the machine)")

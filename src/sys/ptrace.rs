@@ -314,3 +314,17 @@ pub fn set_sigmask(tid: i32, mask: u64) -> Result<(), Errno> {
     };
     if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }
+
+/// `PTRACE_SINGLESTEP`: resumes a stopped tracee for one instruction,
+/// delivering `signal` as [`resume_with`] does. Over a `syscall`
+/// instruction the step ends at the system call's return, in a SIGTRAP
+/// signal-delivery-stop (`si_code` `TRAP_BRKPT`), before the thread runs
+/// any other instruction.
+pub fn step_with(tid: i32, signal: Option<i32>) -> Result<(), Errno> {
+    raw_request(
+        libc::PTRACE_SINGLESTEP,
+        tid,
+        0,
+        signal.unwrap_or(0) as usize,
+    )
+}

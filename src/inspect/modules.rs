@@ -10,6 +10,7 @@
 //! vDSO is read from the core itself.
 
 use super::dwarf::DebugInfo;
+use super::local_file;
 use super::elf::{CoreFile, split_notes};
 use super::memory::Memory;
 use super::notes::FileMapping;
@@ -349,11 +350,28 @@ fn looks_like_elf_on_disk(path: &str, options: &FileOptions) -> bool {
         return false;
     }
     let mut magic = [0u8; 4];
-    let p = disk_path(path, options);
-    File::open(p)
+    open_named_file(path, options)
         .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0))
         .is_ok()
         && &magic == b"\x7fELF"
+}
+
+/// The file at a path the core names, opened only if it is a regular file
+/// that may be read ([`local_file`]): inside the sysroot when there is
+/// one, where symbolic links are followed but stay inside it; otherwise on
+/// this machine, as an absolute path whose last component is not a
+/// symbolic link (the kernel writes `NT_FILE` paths with every link
+/// resolved).
+fn open_named_file(path: &str, options: &FileOptions) -> std::io::Result<File> {
+    let p = path.strip_suffix(" (deleted)").unwrap_or(path);
+    if !p.starts_with('/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not an absolute path: not looked up",
+        ));
+    }
+    let root = options.sysroot.as_deref();
+    local_file::open_regular(root, Path::new(p), root.is_some())
 }
 
 fn disk_path(path: &str, options: &FileOptions) -> PathBuf {
@@ -434,7 +452,7 @@ fn load_from_disk(
     warnings: &mut Vec<String>,
 ) -> Option<Image> {
     let path = disk_path(&info.path, options);
-    let file = match File::open(&path) {
+    let file = match open_named_file(&info.path, options) {
         Ok(f) => f,
         Err(e) => {
             info.status = FileStatus::Unreadable(format!("{}: {e}", path.display()));
@@ -522,33 +540,53 @@ fn find_debug_file(
     build_id: &str,
     options: &FileOptions,
 ) -> Option<(PathBuf, FileBytes)> {
-    let mut candidates = Vec::new();
-    if build_id.len() > 2 {
+    // (directory that confines the lookup, if any; the path in it). The
+    // build-id may come from the CORESNAP note and the debuglink from a
+    // file of the sysroot: neither may step out of where it is looked up.
+    let mut candidates: Vec<(Option<&Path>, PathBuf)> = Vec::new();
+    if build_id.len() > 2 && build_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         for dir in &options.debug_dirs {
-            candidates.push(
+            candidates.push((
+                None,
                 dir.join(".build-id")
                     .join(&build_id[..2])
                     .join(format!("{}.debug", &build_id[2..])),
-            );
+            ));
         }
     }
+    let sysroot = options.sysroot.as_deref();
+    // The mapped file's path as the core names it (inside the sysroot).
+    let named = match sysroot {
+        Some(root) => Path::new("/").join(path.strip_prefix(root).unwrap_or(path)),
+        None => path.to_path_buf(),
+    };
     if let Ok(obj) = object::File::parse(data)
         && let Ok(Some((link, _crc))) = obj.gnu_debuglink()
+        && let Ok(link) = std::str::from_utf8(link)
+        && !link.is_empty()
+        && !link.contains('/')
+        && link != ".."
+        && link != "."
+        && let Some(dir) = named.parent()
     {
-        let link = String::from_utf8_lossy(link).into_owned();
-        if let Some(dir) = path.parent() {
-            candidates.push(dir.join(&link));
-            candidates.push(dir.join(".debug").join(&link));
-            for d in &options.debug_dirs {
-                candidates.push(d.join(dir.strip_prefix("/").unwrap_or(dir)).join(&link));
-            }
+        candidates.push((sysroot, dir.join(link)));
+        candidates.push((sysroot, dir.join(".debug").join(link)));
+        for d in &options.debug_dirs {
+            candidates.push((Some(d.as_path()), dir.join(link)));
         }
     }
-    for c in candidates {
-        if c == path {
+    for (root, c) in candidates {
+        let shown = match root {
+            Some(r) => r.join(c.strip_prefix("/").unwrap_or(&c)),
+            None => c.clone(),
+        };
+        if shown == path {
             continue;
         }
-        let Ok(file) = File::open(&c) else { continue };
+        let Ok(file) = local_file::open_regular(root, &c, true) else {
+            continue;
+        };
+        let c = shown;
         let id = crate::manifest::buildid::read_build_id(&file).map(|id| hex_bytes(&id));
         if id.as_deref() != Some(build_id) {
             continue;

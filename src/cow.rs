@@ -202,11 +202,18 @@ pub fn check_budget(pid: i32, cap: u64) -> Result<u64, CowError> {
     }
 }
 
+/// The clone's `oom_score_adj`: the most any process can have, so the
+/// out-of-memory killer takes the clone before anything else.
+pub const CLONE_OOM_SCORE_ADJ: i32 = 1000;
+
 /// Makes `clone` the process the out-of-memory killer picks first, before
 /// it holds a page of its own: the target's writes during the copy are what
 /// costs memory, and should that run out, the clone is the one to go.
 fn make_first_oom_victim(clone: i32) -> Result<(), CowError> {
-    std::fs::write(format!("/proc/{clone}/oom_score_adj"), "1000")
+    std::fs::write(
+        format!("/proc/{clone}/oom_score_adj"),
+        CLONE_OOM_SCORE_ADJ.to_string(),
+    )
         .map_err(|source| CowError::OomScore { clone, source })
 }
 

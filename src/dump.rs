@@ -75,6 +75,9 @@ pub struct DumpOptions {
     /// With `--mode cow`: the most the copy may cost in memory, in bytes
     /// (`--cow-max-copy`); `None`: half of the memory available.
     pub cow_max_copy: Option<u64>,
+    /// Why a `--mode cow` dump is being redone in stop mode: set by the
+    /// fallback, and recorded in the report and the manifest.
+    pub stop_mode_because: Option<String>,
     /// ptrace, or not (`--no-ptrace`).
     pub attach: Attach,
     /// Instead of dumping now, stay attached and dump when a thread is about
@@ -106,6 +109,7 @@ impl Default for DumpOptions {
             progress: None,
             mode: DumpMode::Stop,
             cow_max_copy: None,
+            stop_mode_because: None,
             attach: Attach::Ptrace,
             on_signal: None,
             compress: None,
@@ -551,18 +555,17 @@ pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<Dump
             no_fallback: false,
             ..
         }) => {
-            let mut report = dump_to_path_once(pid, path, &in_stop_mode(options))?;
-            report.cow_fallback = Some(reason);
-            Ok(report)
+            dump_to_path_once(pid, path, &in_stop_mode(options, reason))
         }
         other => other,
     }
 }
 
 /// The same dump in stop mode: the fallback when the clone is lost.
-fn in_stop_mode(options: &DumpOptions) -> DumpOptions {
+fn in_stop_mode(options: &DumpOptions, because: String) -> DumpOptions {
     DumpOptions {
         mode: DumpMode::Stop,
+        stop_mode_because: Some(because),
         ..options.clone()
     }
 }
@@ -696,9 +699,7 @@ fn dump_with(
             no_fallback: false,
             ..
         }) => {
-            let mut report = dump_once(pid, sink, &in_stop_mode(options), hash_inline)?;
-            report.cow_fallback = Some(reason);
-            Ok(report)
+            dump_once(pid, sink, &in_stop_mode(options, reason), hash_inline)
         }
         other => other,
     }
@@ -797,7 +798,7 @@ fn dump_once(
             p(done, total);
         }
     };
-    let mut cow_fallback = None;
+    let mut cow_fallback = options.stop_mode_because.clone();
     let cow_cap = crate::cow::copy_cap(options.cow_max_copy);
     let mut cow_private = 0;
     let cow = match (options.mode, &hold) {
@@ -877,6 +878,15 @@ fn dump_once(
             freeze: freeze_method,
         },
     );
+    manifest.capture.cow = cow_cost.map(|cost| manifest::CowCost {
+        clone_oom_score_adj: crate::cow::CLONE_OOM_SCORE_ADJ,
+        cap_bytes: cost.cap,
+        private_bytes: cost.private,
+        write_rate_bytes_per_sec: cost.write_rate,
+        expected_bytes: cost.expected,
+        duplicated_bytes: None,
+    });
+    manifest.capture.cow_fallback = cow_fallback.clone();
     let note = manifest::note::encode(&manifest);
     let (notes, _, layout) = writer::plan(&snapshot, vec![note]);
     let ranges = snapshot
@@ -946,6 +956,9 @@ fn dump_once(
         }
         Err(e) => return Err(e.into()),
     };
+    if let (Some(cost), Some(entry)) = (cow_cost, manifest.capture.cow.as_mut()) {
+        entry.duplicated_bytes = Some(cost.duplicated);
+    }
     // After the release: the hasher may still be catching up on holes.
     let core_digests = measured.finish_hashing();
     manifest.record_outcome(&Outcome {

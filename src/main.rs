@@ -414,6 +414,7 @@ fn main() -> ExitCode {
             },
         },
         cow_max_copy: cli.cow_max_copy,
+        stop_mode_because: None,
         compress: cli.compress.map(|level| coresnap::sink::CompressOptions {
             level,
             jobs: cli.jobs.unwrap_or(0) as usize,

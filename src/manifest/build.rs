@@ -132,6 +132,8 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
                     .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string()),
             }),
             pause_us: None,
+            cow: None,
+            cow_fallback: None,
             freeze: context.freeze.into(),
             registers: if context.freeze != "ptrace" {
                 "partial"
@@ -254,6 +256,9 @@ impl Manifest {
     pub fn pre_copy(&self) -> Manifest {
         let mut m = self.clone();
         m.capture.pause_us = None;
+        if let Some(cow) = &mut m.capture.cow {
+            cow.duplicated_bytes = None;
+        }
         for entry in &mut m.mappings {
             entry.core_offset = None;
             entry.written_bytes = None;

@@ -131,6 +131,12 @@ pub struct Capture {
     /// How long the target was frozen, in microseconds. JSON only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_us: Option<u64>,
+    /// With `--mode cow`: the copy's cost in memory (docs/COW.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cow: Option<CowCost>,
+    /// Why `--mode cow` was asked for but the dump was taken in stop mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cow_fallback: Option<String>,
     /// How the target was held still: `ptrace`, or with `--no-ptrace`
     /// `cgroup-freezer`, `sigstop`, `already-stopped` or `none`.
     #[serde(default = "default_freeze")]
@@ -139,6 +145,29 @@ pub struct Capture {
     /// (stack pointer, program counter, system call arguments only).
     #[serde(default = "default_registers")]
     pub registers: String,
+}
+
+/// What copying from a copy-on-write clone costs: each page the target
+/// writes during the copy is held twice, the old one by the clone alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CowCost {
+    /// The clone's `oom_score_adj`: 1000, the out-of-memory killer's first
+    /// pick.
+    pub clone_oom_score_adj: i32,
+    /// The most the copy was allowed to cost (`--cow-max-copy`).
+    pub cap_bytes: u64,
+    /// The target's private resident memory at the freeze: the most it
+    /// could duplicate.
+    pub private_bytes: u64,
+    /// How fast the target duplicated memory in the probe after the
+    /// release.
+    pub write_rate_bytes_per_sec: u64,
+    /// The cost expected from that rate before the copy began.
+    pub expected_bytes: u64,
+    /// The cost measured: memory only the clone held at the end of the
+    /// copy. JSON only (not known when the note was written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicated_bytes: Option<u64>,
 }
 
 fn default_freeze() -> String {
@@ -465,6 +494,8 @@ mod tests {
                 left_stopped: false,
                 trigger: None,
                 pause_us: None,
+                cow: None,
+                cow_fallback: None,
                 freeze: "ptrace".into(),
                 registers: "complete".into(),
             },

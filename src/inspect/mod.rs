@@ -31,6 +31,7 @@ pub mod render;
 pub mod source;
 pub mod unwind;
 
+use crate::manifest::buildid::{BuildIds, from_hex};
 use elf::{CoreError, CoreFile, PT_LOAD, PT_NOTE};
 use memory::Memory;
 use model::*;
@@ -307,7 +308,7 @@ pub fn analyse<S: ByteSource>(
         boot_id: note_str(&["host", "boot_id"]),
         process_start_utc: note_str(&["target", "start_time_utc"]),
     });
-    let manifest_build_ids: HashMap<u64, String> = coresnap_note
+    let manifest_build_ids: HashMap<u64, BuildIds> = coresnap_note
         .as_ref()
         .and_then(|v| v.get("mappings")?.as_array().cloned())
         .unwrap_or_default()
@@ -315,7 +316,12 @@ pub fn analyse<S: ByteSource>(
         .filter_map(|m| {
             let start = m.get("start")?.as_str()?.strip_prefix("0x")?;
             let start = u64::from_str_radix(start, 16).ok()?;
-            Some((start, m.get("build_id")?.as_str()?.to_string()))
+            let text = |key: &str| Some(m.get(key)?.as_str()?.to_string());
+            let ids = BuildIds {
+                gnu: text("build_id").and_then(|hex| from_hex(&hex)),
+                go: text("go_build_id"),
+            };
+            (!ids.is_empty()).then_some((start, ids))
         })
         .collect();
 

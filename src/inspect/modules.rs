@@ -2,19 +2,23 @@
 //! the files on disk by build-id, and what is needed from them: unwind
 //! tables for [`super::unwind`] and names for addresses.
 //!
-//! A file on disk is used only when its build-id equals the one the core
+//! A file on disk is used only when its build id equals the one the core
 //! holds for it (read from the ELF header page that the core keeps of each
-//! ELF mapping, or else from the CORESNAP note). Separate debug files are
+//! ELF mapping, or else from the CORESNAP note): a GNU build-id, or for a Go
+//! program the Go build id. When the core holds none, the file cannot be
+//! checked: it is used with a warning, or refused with
+//! [`FileOptions::require_build_id`]. Separate debug files are
 //! looked up by build-id under the debug directories (and by
 //! `.gnu_debuglink`), and used only when their build-id matches too. The
 //! vDSO is read from the core itself.
 
 use super::dwarf::DebugInfo;
 use super::local_file;
-use super::elf::{CoreFile, split_notes};
+use super::elf::CoreFile;
 use super::memory::Memory;
 use super::notes::FileMapping;
 use super::source::ByteSource;
+use crate::manifest::buildid::{BuildIds, IdCheck, find_build_ids, read_build_ids};
 use gimli::{EndianArcSlice, LittleEndian};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use std::collections::HashMap;
@@ -38,9 +42,11 @@ pub enum FileStatus {
     FromCore,
     /// The file on disk has another build-id: not used.
     BuildIdMismatch,
-    /// The core records no build-id for it (its first page is not in the
-    /// core, or has no build-id note): not used.
+    /// The core records no build id for it (its first page is not in the
+    /// core, or has no build-id note): not used with `--require-build-id`.
     NoBuildIdInCore,
+    /// The core records no build id for it: used all the same, unchecked.
+    Unchecked,
     /// The file on disk has no build-id: not used.
     NoBuildIdOnDisk,
     /// The file cannot be read (missing, deleted, permission): not used.
@@ -60,10 +66,13 @@ impl FileStatus {
                 "NOT USED: the file on disk has a different build-id (it was replaced since the dump)".into()
             }
             FileStatus::NoBuildIdInCore => {
-                "NOT USED: the core holds no build-id for it, so the file on disk cannot be checked".into()
+                "NOT USED: the core holds no build id for it, so the file on disk cannot be checked (--require-build-id)".into()
+            }
+            FileStatus::Unchecked => {
+                "used UNCHECKED: the core holds no build id for it, so the file on disk may not be the one that was mapped".into()
             }
             FileStatus::NoBuildIdOnDisk => {
-                "NOT USED: the file on disk has no build-id to check".into()
+                "NOT USED: the file on disk lacks the build id the core records (it was replaced since the dump)".into()
             }
             FileStatus::Unreadable(e) => format!("NOT USED: cannot read the file on disk: {e}"),
             FileStatus::Unusable(e) => format!("NOT USED: {e}"),
@@ -84,12 +93,18 @@ pub struct ModuleInfo {
     /// Load bias: run-time address minus the address in the file.
     #[serde(serialize_with = "super::model::opt_hex")]
     pub bias: Option<u64>,
-    /// Build-id recorded in the core (hex).
+    /// Build id recorded in the core: a GNU build-id in hex, or a Go build
+    /// id as `go tool buildid` prints it.
     pub build_id: Option<String>,
-    /// Where that build-id came from: `elf-header-page` or `coresnap-note`.
+    /// `gnu` or `go`.
+    pub build_id_kind: Option<&'static str>,
+    /// Where that build id came from: `elf-header-page` or `coresnap-note`.
     pub build_id_from: Option<String>,
-    /// Build-id of the file on disk, when it was read.
+    /// Build id of the file on disk (of the kind checked), when it was read.
     pub disk_build_id: Option<String>,
+    /// Every build id the core records for the file.
+    #[serde(skip)]
+    pub recorded_ids: BuildIds,
     #[serde(flatten)]
     pub status: FileStatus,
     /// Separate debug file used for names and lines.
@@ -228,6 +243,9 @@ pub struct FileOptions {
     /// compresses it, and inflating libc's takes several times longer
     /// than everything else a backtrace needs (`docs/INSPECT.md`).
     pub debug_info: bool,
+    /// Refuse a file on disk that cannot be checked because the core
+    /// holds no build id for it, instead of using it with a warning.
+    pub require_build_id: bool,
 }
 
 impl Default for FileOptions {
@@ -237,6 +255,7 @@ impl Default for FileOptions {
             debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
             sysroot: None,
             debug_info: false,
+            require_build_id: false,
         }
     }
 }
@@ -245,14 +264,14 @@ pub fn hex_bytes(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Finds the modules of a core. `manifest_build_ids`: build-ids by mapping
+/// Finds the modules of a core. `manifest_build_ids`: build ids by mapping
 /// start address, from the CORESNAP note.
 pub fn discover<S: ByteSource>(
     core: &CoreFile<S>,
     memory: &Memory<'_, S>,
     files: &[FileMapping],
     auxv: &[(u64, u64)],
-    manifest_build_ids: &HashMap<u64, String>,
+    manifest_build_ids: &HashMap<u64, BuildIds>,
     options: &FileOptions,
     warnings: &mut Vec<String>,
 ) -> Vec<Module> {
@@ -291,8 +310,10 @@ pub fn discover<S: ByteSource>(
             end,
             bias: None,
             build_id: None,
+            build_id_kind: None,
             build_id_from: None,
             disk_build_id: None,
+            recorded_ids: BuildIds::default(),
             status: FileStatus::NotLooked,
             debug_file: None,
             has_cfi: false,
@@ -300,22 +321,21 @@ pub fn discover<S: ByteSource>(
         if let Some(page) = &parsed {
             info.bias = page.bias(header_map.start);
             if let Some(bias) = info.bias {
+                let mut ids = BuildIds::default();
                 for (vaddr, size) in &page.notes {
                     let bytes =
                         memory.read_prefix(bias.wrapping_add(*vaddr), (*size).min(4096) as usize);
-                    if let Some(id) = gnu_build_id(&bytes) {
-                        info.build_id = Some(hex_bytes(&id));
-                        info.build_id_from = Some("elf-header-page".into());
-                        break;
-                    }
+                    let found = find_build_ids(&bytes);
+                    ids.gnu = ids.gnu.or(found.gnu);
+                    ids.go = ids.go.or(found.go);
                 }
+                info.set_recorded(ids, "elf-header-page");
             }
         }
         if info.build_id.is_none()
-            && let Some(id) = maps.iter().find_map(|m| manifest_build_ids.get(&m.start))
+            && let Some(ids) = maps.iter().find_map(|m| manifest_build_ids.get(&m.start))
         {
-            info.build_id = Some(id.clone());
-            info.build_id_from = Some("coresnap-note".into());
+            info.set_recorded(ids.clone(), "coresnap-note");
         }
         if header.is_empty() && info.build_id.is_none() && !looks_like_elf_on_disk(path, options) {
             // Not an ELF file (or nothing to go on): not a module.
@@ -436,13 +456,16 @@ impl ElfHeaderPage {
     }
 }
 
-/// The GNU build-id in a run of notes.
-fn gnu_build_id(notes: &[u8]) -> Option<Vec<u8>> {
-    split_notes(notes, 0, 64)
-        .0
-        .into_iter()
-        .find(|n| n.name == "GNU" && n.n_type == 3 && !n.desc.is_empty())
-        .map(|n| n.desc)
+impl ModuleInfo {
+    /// Records `ids`, read from `from`, as what the core holds.
+    fn set_recorded(&mut self, ids: BuildIds, from: &str) {
+        if let Some((kind, id)) = ids.primary() {
+            self.build_id = Some(id);
+            self.build_id_kind = Some(kind.name());
+            self.build_id_from = Some(from.into());
+            self.recorded_ids = ids;
+        }
+    }
 }
 
 fn load_from_disk(
@@ -459,26 +482,43 @@ fn load_from_disk(
             return None;
         }
     };
-    let disk_id = crate::manifest::buildid::read_build_id(&file).map(|id| hex_bytes(&id));
-    info.disk_build_id = disk_id.clone();
-    let Some(core_id) = info.build_id.clone() else {
-        info.status = FileStatus::NoBuildIdInCore;
-        return None;
+    let disk_ids = read_build_ids(&file);
+    let disk_id_of = |kind: Option<&str>| match kind {
+        Some("go") => disk_ids.go.clone(),
+        Some(_) => disk_ids.gnu.as_deref().map(hex_bytes),
+        None => disk_ids.primary().map(|(_, id)| id),
     };
-    match disk_id {
-        None => {
-            info.status = FileStatus::NoBuildIdOnDisk;
-            return None;
-        }
-        Some(d) if d != core_id => {
+    info.disk_build_id = disk_id_of(info.build_id_kind);
+    let core_id = info.build_id.clone().unwrap_or_default();
+    match info.recorded_ids.check(&disk_ids) {
+        IdCheck::Same => {}
+        IdCheck::Different => {
             info.status = FileStatus::BuildIdMismatch;
             warnings.push(format!(
-                "{}: the file on disk has build-id {d}, the core records {core_id}: not used for unwinding or names",
+                "{}: the file on disk has build id {}, the core records {core_id}: not used for unwinding or names",
+                info.path,
+                info.disk_build_id.as_deref().unwrap_or("?")
+            ));
+            return None;
+        }
+        IdCheck::MissingInFile => {
+            info.status = FileStatus::NoBuildIdOnDisk;
+            warnings.push(format!(
+                "{}: the core records build id {core_id}, the file on disk has none of that kind: not used for unwinding or names",
                 info.path
             ));
             return None;
         }
-        Some(_) => {}
+        IdCheck::NothingRecorded if options.require_build_id => {
+            info.status = FileStatus::NoBuildIdInCore;
+            return None;
+        }
+        IdCheck::NothingRecorded => {
+            warnings.push(format!(
+                "{}: the core holds no build id for it, so the file on disk could not be checked; used unchecked (names and frames may be wrong if it was replaced since the dump; --require-build-id refuses it)",
+                info.path
+            ));
+        }
     }
     let data = match read_limited(&file) {
         Ok(d) => d,
@@ -491,14 +531,24 @@ fn load_from_disk(
         // The core lacks the header page; the file (same build-id) has it.
         info.bias = ElfHeaderPage::parse(&data).and_then(|p| p.bias(header_start));
     }
-    let debug = find_debug_file(&data, &path, &core_id, options);
+    // Debug files are found by GNU build-id; a Go program has its DWARF
+    // in the file itself.
+    let debug = disk_ids
+        .gnu
+        .as_deref()
+        .and_then(|id| find_debug_file(&data, &path, &hex_bytes(id), options));
+    let checked = info.recorded_ids.check(&disk_ids) == IdCheck::Same;
     match Image::new(
         data,
         debug.as_ref().map(|(_, d)| d.clone()),
         options.debug_info,
     ) {
         Ok(image) => {
-            info.status = FileStatus::Used;
+            info.status = if checked {
+                FileStatus::Used
+            } else {
+                FileStatus::Unchecked
+            };
             info.debug_file = debug.map(|(p, _)| p.display().to_string());
             Some(image)
         }
@@ -619,6 +669,25 @@ fn shared_section(
     ))
 }
 
+/// `.debug_frame`, for a file without `.eh_frame` (a Go program: its
+/// linker writes only `.debug_frame`, compressed); inflated when
+/// compressed.
+fn debug_frame(data: &FileBytes, obj: &object::File<'_>) -> Option<Shared> {
+    if obj.section_by_name(".eh_frame").is_some() {
+        return shared_section(data, obj, ".debug_frame").map(|s| s.0);
+    }
+    let section = obj.section_by_name(".debug_frame")?;
+    if section.compressed_file_range().ok()?.format == object::CompressionFormat::None {
+        return shared_section(data, obj, ".debug_frame").map(|s| s.0);
+    }
+    let inflated = section.uncompressed_data().ok()?.into_owned();
+    let len = inflated.len();
+    Some(Shared {
+        data: FileBytes::owned(inflated),
+        range: 0..len,
+    })
+}
+
 fn section_range(obj: &object::File<'_>, name: &str) -> Option<Range<u64>> {
     let s = obj.section_by_name(name)?;
     Some(s.address()..s.address().saturating_add(s.size()))
@@ -724,7 +793,7 @@ impl Image {
         let cfi = Cfi {
             eh_frame: shared_section(&data, &obj, ".eh_frame"),
             eh_frame_hdr: shared_section(&data, &obj, ".eh_frame_hdr"),
-            debug_frame: shared_section(&data, &obj, ".debug_frame").map(|s| s.0),
+            debug_frame: debug_frame(&data, &obj),
             text: section_range(&obj, ".text"),
             got: section_range(&obj, ".got"),
         };
@@ -989,6 +1058,11 @@ pub fn demangle(name: &str) -> String {
     {
         return d;
     }
+    // Go's linker marks functions of its stack-based ABI (assembly such as
+    // runtime.futex) with a suffix that its DWARF, and so gdb, leaves out.
+    if let Some(go) = name.strip_suffix(".abi0") {
+        return go.to_string();
+    }
     name.to_string()
 }
 
@@ -1014,9 +1088,11 @@ fn vdso_module<S: ByteSource>(memory: &Memory<'_, S>, addr: u64) -> Option<Modul
             start: region.start,
             end: region.end,
             bias: Some(bias),
+            build_id_kind: build_id.is_some().then_some("gnu"),
             build_id,
             build_id_from: Some("core".into()),
             disk_build_id: None,
+            recorded_ids: BuildIds::default(),
             status: if image.is_some() {
                 FileStatus::FromCore
             } else {

@@ -353,6 +353,8 @@ pub enum Program {
     Forked,
     /// `reservation.c` as a PIE.
     Reservation,
+    /// `cow_hostile.c` as a PIE.
+    CowHostile,
 }
 
 impl Program {
@@ -371,6 +373,7 @@ impl Program {
             Program::DState => "dstate",
             Program::Forked => "forked",
             Program::Reservation => "reservation",
+            Program::CowHostile => "cow_hostile",
         }
     }
     fn source(self) -> &'static str {
@@ -387,6 +390,7 @@ impl Program {
             Program::DState => "dstate.c",
             Program::Forked => "forked.c",
             Program::Reservation => "reservation.c",
+            Program::CowHostile => "cow_hostile.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {

@@ -1,6 +1,7 @@
 //! The `coresnap` command: argument parsing and rendering only; all the work
 //! is in the library.
 
+use coresnap::escape::escape;
 use clap::{Parser, Subcommand};
 use coresnap::{Attach, CancelToken, DumpMode, DumpOptions, DumpReport};
 use std::io::IsTerminal;
@@ -505,10 +506,10 @@ fn main() -> ExitCode {
                     );
                 }
                 if !cli.quiet {
-                    eprintln!("{}", summary(&report));
+                    eprintln!("{}", escape(&summary(&report)));
                 }
                 for warning in &report.warnings {
-                    eprintln!("coresnap: warning: pid {pid}: {warning}");
+                    eprintln!("coresnap: warning: pid {pid}: {}", escape(warning));
                 }
                 for range in &report.unreadable {
                     eprintln!(
@@ -520,7 +521,7 @@ fn main() -> ExitCode {
                 }
             }
             Err(error) => {
-                eprintln!("coresnap: {error}");
+                eprintln!("coresnap: {}", escape(&error.to_string()));
                 if let Some(signal) = error.interrupted_by() {
                     return ExitCode::from(128 + signal as u8);
                 }
@@ -638,7 +639,7 @@ fn unpack(
             ExitCode::from(128 + signal as u8)
         }
         Err(error) => {
-            eprintln!("coresnap: {error}");
+            eprintln!("coresnap: {}", escape(&error.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -710,7 +711,7 @@ fn watch_conditions(
                 if on_terminal {
                     eprintln!();
                 }
-                eprintln!("coresnap: {e}");
+                eprintln!("coresnap: {}", escape(&e.to_string()));
                 return match &e {
                     coresnap::watch::WatchError::Interrupted { signal } => {
                         ExitCode::from(128 + *signal as u8)
@@ -730,11 +731,11 @@ fn watch_conditions(
         match coresnap::dump_to_path(pid, &path, options) {
             Ok(report) => {
                 if !cli.quiet {
-                    eprintln!("{}", summary(&report));
+                    eprintln!("{}", escape(&summary(&report)));
                 }
             }
             Err(error) => {
-                eprintln!("coresnap: {error}");
+                eprintln!("coresnap: {}", escape(&error.to_string()));
                 return match error.interrupted_by() {
                     Some(signal) => ExitCode::from(128 + signal as u8),
                     None => ExitCode::FAILURE,

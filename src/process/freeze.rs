@@ -33,7 +33,9 @@ pub enum FreezeError {
     )]
     LeaderExited { pid: i32, threads: usize },
     #[error(
-        "thread {tid} of process {pid} is already traced by {tracer_comm} (pid {tracer_pid}); a thread can have only one tracer: detach it (quit the debugger, stop strace) and run coresnap again, or take a core with partial registers without ptrace: coresnap --no-ptrace {pid}"
+        "thread {tid} of process {pid} is already traced by {} (pid {tracer_pid}); a thread can have only one tracer: detach it (quit the debugger, stop strace) and run coresnap again, or take a core with partial registers without ptrace: coresnap --no-ptrace {pid}",
+        // Any process can name itself: its name reaches the terminal escaped.
+        crate::escape::Escaped(.tracer_comm)
     )]
     AlreadyTraced {
         pid: i32,

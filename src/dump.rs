@@ -6,6 +6,7 @@ use crate::cancel::CancelToken;
 use crate::cow::CowCopy;
 use crate::elf::writer::{self, WriteError};
 use crate::manifest::build::{Context, Outcome};
+use crate::manifest::sign::{self, SignError, SigningKey};
 use crate::manifest::{self, FileEntry, Manifest, ZstdEntry};
 use crate::process::freeze::{FreezeError, FrozenProcess};
 use crate::process::info;
@@ -96,6 +97,9 @@ pub struct DumpOptions {
     /// than [`SMALL_CORE`](crate::sink::hashing::SMALL_CORE): they hash
     /// every hole's zeros (`--flat-hash`).
     pub flat_hash: bool,
+    /// Sign the manifest with this key into `<manifest>.sig` (`--sign`):
+    /// an SSH signature that `ssh-keygen -Y verify` checks.
+    pub sign: Option<std::sync::Arc<SigningKey>>,
 }
 
 impl Default for DumpOptions {
@@ -116,6 +120,7 @@ impl Default for DumpOptions {
             manifest: true,
             manifest_path: None,
             flat_hash: false,
+            sign: None,
         }
     }
 }
@@ -229,6 +234,10 @@ pub enum DumpError {
     Watch(#[from] crate::watch::WatchError),
     #[error("{what} needs ptrace; it cannot be combined with --no-ptrace")]
     NeedsPtrace { what: &'static str },
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error("--sign signs the manifest, and this dump writes none ({what})")]
+    SignWithoutManifest { what: &'static str },
 }
 
 /// The target, held still by one of the two means.
@@ -313,6 +322,11 @@ pub fn dump_to_writer<W: Write>(
     };
     if let Some(path) = &options.manifest_path {
         check_free(path, options.overwrite)?;
+        check_signature_free(path, options)?;
+    } else if options.sign.is_some() {
+        return Err(DumpError::SignWithoutManifest {
+            what: "a stream has one only with --manifest PATH",
+        });
     }
     let (mut report, file) = match options.compress {
         None => {
@@ -337,7 +351,7 @@ pub fn dump_to_writer<W: Write>(
     }
     if let (Some(manifest), Some(path)) = (report.manifest.as_ref(), options.manifest_path.as_ref())
     {
-        write_manifest(manifest, path, options.overwrite)?.persist()?;
+        write_manifest(manifest, path, options)?.persist()?;
         report.manifest_path = Some(path.clone());
     }
     Ok(report)
@@ -357,6 +371,13 @@ fn check_free(path: &Path, overwrite: bool) -> Result<(), DumpError> {
         });
     }
     Ok(())
+}
+
+fn check_signature_free(manifest: &Path, options: &DumpOptions) -> Result<(), DumpError> {
+    match options.sign {
+        Some(_) => check_free(&sign::signature_path_for(manifest), options.overwrite),
+        None => Ok(()),
+    }
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -503,12 +524,60 @@ impl Pending {
     }
 }
 
-fn write_manifest(manifest: &Manifest, path: &Path, overwrite: bool) -> Result<Pending, DumpError> {
-    let pending = Pending::create(path, overwrite)?;
+/// The manifest and, with `--sign`, its signature over the very bytes
+/// written, both complete but not yet under their names.
+struct PendingManifest {
+    manifest: Pending,
+    signature: Option<Pending>,
+}
+
+impl PendingManifest {
+    /// Names the manifest, then its signature; on failure neither is left.
+    fn persist(self) -> Result<PathBuf, DumpError> {
+        let path = self.manifest.path.clone();
+        let overwrite = self.manifest.overwrite;
+        self.manifest.persist()?;
+        match self.signature {
+            Some(signature) => {
+                if let Err(e) = signature.persist() {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            }
+            // The signature of the manifest just replaced would only fail.
+            None if overwrite => {
+                let _ = std::fs::remove_file(sign::signature_path_for(&path));
+            }
+            None => {}
+        }
+        Ok(path)
+    }
+}
+
+fn write_manifest(
+    manifest: &Manifest,
+    path: &Path,
+    options: &DumpOptions,
+) -> Result<PendingManifest, DumpError> {
+    let pending = Pending::create(path, options.overwrite)?;
+    let text = manifest.to_json();
     let mut file = pending.temp.as_file();
-    file.write_all(manifest.to_json().as_bytes())
-        .map_err(pending.io_err())?;
-    Ok(pending)
+    file.write_all(text.as_bytes()).map_err(pending.io_err())?;
+    let signature = match &options.sign {
+        Some(key) => {
+            let armored = key.sign(text.as_bytes())?;
+            let signature = Pending::create(&sign::signature_path_for(path), options.overwrite)?;
+            let mut file = signature.temp.as_file();
+            file.write_all(armored.as_bytes())
+                .map_err(signature.io_err())?;
+            Some(signature)
+        }
+        None => None,
+    };
+    Ok(PendingManifest {
+        manifest: pending,
+        signature,
+    })
 }
 
 /// The file entry of an uncompressed core: the file is the core.
@@ -554,9 +623,7 @@ pub fn dump_to_path(pid: i32, path: &Path, options: &DumpOptions) -> Result<Dump
             written: true,
             no_fallback: false,
             ..
-        }) => {
-            dump_to_path_once(pid, path, &in_stop_mode(options, reason))
-        }
+        }) => dump_to_path_once(pid, path, &in_stop_mode(options, reason)),
         other => other,
     }
 }
@@ -585,6 +652,11 @@ fn dump_to_path_once(
     check_free(path, options.overwrite)?;
     if let Some(m) = &manifest_path {
         check_free(m, options.overwrite)?;
+        check_signature_free(m, options)?;
+    } else if options.sign.is_some() {
+        return Err(DumpError::SignWithoutManifest {
+            what: "--no-manifest",
+        });
     }
     let core = Pending::create(path, options.overwrite)?;
     let name = path
@@ -653,19 +725,20 @@ fn dump_to_path_once(
                 None => core_as_file(manifest, &name).expect("core digests just recorded"),
             };
             manifest.record_file(entry);
-            Some(write_manifest(manifest, manifest_path, options.overwrite)?)
+            Some(write_manifest(manifest, manifest_path, options)?)
         }
         _ => None,
     };
     core.persist()?;
     if let Some(pending) = manifest_file {
-        let manifest_path = pending.path.clone();
-        if let Err(e) = pending.persist() {
-            // Leave nothing half-done behind: the core goes too.
-            let _ = std::fs::remove_file(path);
-            return Err(e);
+        match pending.persist() {
+            Ok(manifest_path) => report.manifest_path = Some(manifest_path),
+            Err(e) => {
+                // Leave nothing half-done behind: the core goes too.
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
         }
-        report.manifest_path = Some(manifest_path);
     }
     report.path = Some(path.to_path_buf());
     report.elapsed = started.elapsed();
@@ -698,9 +771,7 @@ fn dump_with(
             written: false,
             no_fallback: false,
             ..
-        }) => {
-            dump_once(pid, sink, &in_stop_mode(options, reason), hash_inline)
-        }
+        }) => dump_once(pid, sink, &in_stop_mode(options, reason), hash_inline),
         other => other,
     }
 }

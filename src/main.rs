@@ -1,8 +1,8 @@
 //! The `coresnap` command: argument parsing and rendering only; all the work
 //! is in the library.
 
-use coresnap::escape::escape;
 use clap::{Parser, Subcommand};
+use coresnap::escape::escape;
 use coresnap::{Attach, CancelToken, DumpMode, DumpOptions, DumpReport};
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -148,6 +148,13 @@ struct Cli {
     /// Example: --flat-hash
     #[arg(long = "flat-hash", conflicts_with = "no_manifest")]
     flat_hash: bool,
+
+    /// Sign the manifest with this OpenSSH private key (ed25519 or ECDSA,
+    /// without a passphrase) into MANIFEST.sig, an SSH signature in
+    /// namespace coresnap-manifest@coresnap that `ssh-keygen -Y verify` and
+    /// `coresnap verify --allowed-signers` check. Example: --sign /root/.ssh/coresnap
+    #[arg(long = "sign", value_name = "KEY", conflicts_with = "no_manifest")]
+    sign: Option<PathBuf>,
 
     /// Stay attached (the target runs at full speed) and dump when a thread
     /// is about to receive one of these signals; the signal is then
@@ -299,6 +306,15 @@ enum Command {
         /// The manifest (default: FILE.json).
         #[arg(long = "manifest", value_name = "PATH")]
         manifest: Option<PathBuf>,
+        /// Also require the manifest's signature (MANIFEST.sig) by a key
+        /// this file allows for --identity, in ssh-keygen's allowed signers
+        /// format. Example: --allowed-signers /etc/coresnap/allowed_signers --identity ops
+        #[arg(long = "allowed-signers", value_name = "FILE", requires = "identity")]
+        allowed_signers: Option<PathBuf>,
+        /// Whose signature is required: a principal of --allowed-signers
+        /// (ssh-keygen -Y verify's -I).
+        #[arg(long = "identity", value_name = "ID", requires = "allowed_signers")]
+        identity: Option<String>,
     },
     /// Describe a core (or its .zst) without a debugger: process, signal,
     /// capture, threads with the function each is in, mappings, notes,
@@ -386,8 +402,19 @@ fn main() -> ExitCode {
                 &cancel,
             );
         }
-        Some(Command::Verify { file, manifest }) => {
-            return verify(file, manifest.as_deref(), &cancel);
+        Some(Command::Verify {
+            file,
+            manifest,
+            allowed_signers,
+            identity,
+        }) => {
+            let signers = allowed_signers.as_deref().zip(identity.as_deref()).map(
+                |(allowed_signers, identity)| coresnap::archive::verify::SignerCheck {
+                    allowed_signers,
+                    identity,
+                },
+            );
+            return verify(file, manifest.as_deref(), signers, &cancel);
         }
         Some(Command::Inspect(args)) => return inspect_cli::inspect(args),
         Some(Command::Extract(args)) => return inspect_cli::extract(args),
@@ -401,6 +428,17 @@ fn main() -> ExitCode {
         eprintln!("coresnap: -o - streams one core to standard output; give a single pid");
         return ExitCode::from(2);
     }
+    // A key that cannot sign is refused before any target is touched.
+    let sign = match &cli.sign {
+        Some(path) => match coresnap::manifest::sign::SigningKey::load(path) {
+            Ok(key) => Some(Arc::new(key)),
+            Err(e) => {
+                eprintln!("coresnap: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let options = DumpOptions {
         all: cli.all,
         filter: cli.filter,
@@ -424,6 +462,7 @@ fn main() -> ExitCode {
         manifest: !cli.no_manifest && (cli.output != "-" || cli.manifest.is_some()),
         manifest_path: cli.manifest.clone(),
         flat_hash: cli.flat_hash,
+        sign,
         on_signal: cli.on_signal.clone().map(|list| list.0),
         attach: if cli.no_ptrace {
             Attach::Unattached {
@@ -648,9 +687,10 @@ fn unpack(
 fn verify(
     file: &std::path::Path,
     manifest: Option<&std::path::Path>,
+    signers: Option<coresnap::archive::verify::SignerCheck>,
     cancel: &CancelToken,
 ) -> ExitCode {
-    let report = coresnap::archive::verify::verify(file, manifest, cancel);
+    let report = coresnap::archive::verify::verify_signed(file, manifest, signers, cancel);
     print!("{}", report.render());
     if let Some(signal) = report.interrupted {
         return ExitCode::from(128 + signal as u8);

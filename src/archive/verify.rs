@@ -22,6 +22,7 @@ use super::elfscan::{CoreHeaders, ProgramHeader};
 use super::reader::SeekableCore;
 use super::scan::{DataMap, ScanError, scan_elf, scan_zstd};
 use crate::cancel::CancelToken;
+use crate::manifest::sign::{self, AllowedSigners, SignedBy};
 use crate::manifest::{self, Manifest, note};
 use crate::sink::hashing::{Chunking, HashPair, Want};
 use std::fs::File;
@@ -42,6 +43,52 @@ pub struct VerifyReport {
     pub checks: Vec<Check>,
     /// Set when the check was abandoned (a signal).
     pub interrupted: Option<i32>,
+    /// Who made the dump, as far as a signature shows it.
+    pub origin: Origin,
+}
+
+/// What the check shows about who made the dump. Hashes and checksums only
+/// show that a core and its manifest agree: anyone able to rewrite both can
+/// make them agree again. Only a signature by an allowed key shows origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// No signature was checked (no allowed signers were given);
+    /// `signature` names one found next to the manifest, left unchecked.
+    NotChecked { signature: Option<PathBuf> },
+    /// The manifest is signed by a key the allowed signers allow.
+    Signed(SignedBy),
+    /// A signature check was asked for and failed (a check says why).
+    Failed,
+}
+
+impl Origin {
+    fn render(&self) -> String {
+        match self {
+            Origin::Signed(by) => format!(
+                "origin: the manifest is signed by {} ({}, allowed by line {} of the allowed signers file)\n",
+                by.identity, by.key, by.line
+            ),
+            Origin::NotChecked { signature } => format!(
+                "consistency only: the file agrees with its manifest, but anyone able to rewrite both could make them agree; who made them was not checked ({})\n",
+                match signature {
+                    Some(path) => format!(
+                        "check the signature {} with --allowed-signers FILE --identity ID",
+                        path.display()
+                    ),
+                    None => "no signature: dump with --sign KEY".to_string(),
+                }
+            ),
+            Origin::Failed => String::new(),
+        }
+    }
+}
+
+/// Whose signature `verify` requires: `--allowed-signers FILE --identity
+/// ID`, as `ssh-keygen -Y verify -f FILE -I ID` takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct SignerCheck<'a> {
+    pub allowed_signers: &'a Path,
+    pub identity: &'a str,
 }
 
 impl VerifyReport {
@@ -76,6 +123,9 @@ impl VerifyReport {
             out.push_str(&check.what);
             out.push('\n');
         }
+        if self.verified() {
+            out.push_str(&self.origin.render());
+        }
         out
     }
 
@@ -101,16 +151,36 @@ impl VerifyReport {
     }
 }
 
-/// Verifies `path` against `manifest_path` (default: `<path>.json`).
+/// Verifies `path` against `manifest_path` (default: `<path>.json`), for
+/// consistency only: no signature is checked.
 pub fn verify(path: &Path, manifest_path: Option<&Path>, cancel: &CancelToken) -> VerifyReport {
+    verify_signed(path, manifest_path, None, cancel)
+}
+
+/// [`verify`], and with `signers` the manifest's signature
+/// (`<manifest>.sig`) too: it must be good and made by a key the allowed
+/// signers allow for the identity.
+pub fn verify_signed(
+    path: &Path,
+    manifest_path: Option<&Path>,
+    signers: Option<SignerCheck>,
+    cancel: &CancelToken,
+) -> VerifyReport {
     let manifest_path = manifest_path.map_or_else(|| default_manifest(path), Path::to_path_buf);
     let mut report = VerifyReport {
         file: path.to_path_buf(),
         manifest_path: manifest_path.clone(),
         checks: Vec::new(),
         interrupted: None,
+        origin: Origin::NotChecked { signature: None },
     };
-    let (manifest, manifest_value) = load_manifest(&manifest_path, &mut report);
+    let (manifest, manifest_value, manifest_text) = load_manifest(&manifest_path, &mut report);
+    report.origin = check_origin(
+        &manifest_path,
+        manifest_text.as_deref(),
+        signers,
+        &mut report,
+    );
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -285,7 +355,7 @@ fn read_head(file: &mut File, head: &mut [u8]) -> io::Result<usize> {
 fn load_manifest(
     path: &Path,
     report: &mut VerifyReport,
-) -> (Option<Manifest>, Option<serde_json::Value>) {
+) -> (Option<Manifest>, Option<serde_json::Value>, Option<Vec<u8>>) {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -293,11 +363,11 @@ fn load_manifest(
                 "manifest: none at {} (coresnap writes <core file>.json next to the core; give --manifest PATH if it is elsewhere)",
                 path.display()
             ));
-            return (None, None);
+            return (None, None, None);
         }
         Err(e) => {
             report.fail(format!("manifest: cannot read {}: {e}", path.display()));
-            return (None, None);
+            return (None, None, None);
         }
     };
     match Manifest::parse(&text) {
@@ -316,11 +386,57 @@ fn load_manifest(
                 None => report.fail(format!("manifest {}: has no integrity checksum", path.display())),
             }
             let value = serde_json::from_slice(&text).ok();
-            (Some(manifest), value)
+            (Some(manifest), value, Some(text))
         }
         Err(e) => {
             report.fail(format!("manifest {}: {e}", path.display()));
-            (None, None)
+            (None, None, None)
+        }
+    }
+}
+
+/// The signature check, over the manifest bytes that were parsed (never a
+/// second read, which could find another file).
+fn check_origin(
+    manifest_path: &Path,
+    manifest_text: Option<&[u8]>,
+    signers: Option<SignerCheck>,
+    report: &mut VerifyReport,
+) -> Origin {
+    let signature_path = sign::signature_path_for(manifest_path);
+    let Some(signers) = signers else {
+        let present = std::fs::symlink_metadata(&signature_path).is_ok();
+        return Origin::NotChecked {
+            signature: present.then_some(signature_path),
+        };
+    };
+    let Some(text) = manifest_text else {
+        report.fail("signature: not checked, there is no readable manifest to check it against");
+        return Origin::Failed;
+    };
+    let checked = AllowedSigners::load(signers.allowed_signers).and_then(|allowed| {
+        sign::check(
+            text,
+            &signature_path,
+            &allowed,
+            signers.identity,
+            std::time::SystemTime::now(),
+        )
+    });
+    match checked {
+        Ok(by) => {
+            report.pass(format!(
+                "signature {}: good, by {} ({}), namespace {}",
+                signature_path.display(),
+                by.identity,
+                by.key,
+                sign::NAMESPACE
+            ));
+            Origin::Signed(by)
+        }
+        Err(e) => {
+            report.fail(format!("signature: {e}"));
+            Origin::Failed
         }
     }
 }

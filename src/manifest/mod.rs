@@ -19,6 +19,7 @@
 pub mod build;
 pub mod buildid;
 pub mod note;
+pub mod sign;
 
 use crate::snapshot::Decision;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -21,6 +21,7 @@ use std::sync::{Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod debuggers;
 pub mod elf_readers;
 pub mod expected;
 

@@ -343,7 +343,23 @@ fn exit_if_stuck_after_signal() {
     let Ok(mut signals) = signal_hook::iterator::Signals::new(signals) else {
         return;
     };
+    // The kernel hands a process's signal to a thread that does not block
+    // it, and a handled signal does not wake a thread in a killable wait
+    // (opening a file whose FUSE server is the frozen target): the handler
+    // would never run. So every other thread (spawned from this one, they
+    // inherit its mask; children get an empty mask from std) blocks these
+    // signals, and only the thread below receives them.
+    let mut blocked = nix::sys::signal::SigSet::empty();
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        blocked.add(signal);
+    }
+    let _ = blocked.thread_block();
     std::thread::spawn(move || {
+        let _ = blocked.thread_unblock();
         if let Some(signal) = signals.forever().next() {
             std::thread::sleep(GRACE);
             // Never leave the target in the middle of an injected system
@@ -363,6 +379,7 @@ fn exit_if_stuck_after_signal() {
             // of --no-ptrace is coresnap's to undo.
             coresnap::process::freeze::resend_owed_before_exit();
             coresnap::process::unattached::undo_before_exit();
+            coresnap::cancel::remove_partial_outputs();
             std::process::exit(128 + signal);
         }
     });

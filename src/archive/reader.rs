@@ -2,12 +2,29 @@
 //! file says where each frame starts, compressed and uncompressed, so any
 //! byte range of the core is read by decompressing only the frames that
 //! hold it. Every frame carries a content checksum that zstd checks.
+//!
+//! The seek table is the file's own claim and is never trusted for memory:
+//! a frame whose compressed or uncompressed size exceeds
+//! [`WHOLE_FRAME_LIMIT`] is streamed ([`SeekableCore::stream_frame`]) in
+//! pieces of [`PIECE`] bytes with a decoder window of at most
+//! 2^[`WINDOW_LOG_MAX`] bytes, and decoding stops as soon as a frame yields
+//! more than the table says. So one decoding thread holds at most
+//! 2 x 16 MiB + 32 MiB whatever the file claims (`docs/SECURITY.md`).
 
 use super::ArchiveError;
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// Frames up to this size (compressed and uncompressed) are decoded in one
+/// call into one buffer: coresnap writes 4 MiB frames.
+pub const WHOLE_FRAME_LIMIT: u64 = 16 << 20;
+/// Bytes handed on at a time when a frame is streamed.
+pub const PIECE: usize = 1 << 20;
+/// Largest decoder window accepted (2^25 = 32 MiB): a frame that asks for
+/// more fails to decode instead of allocating it.
+pub const WINDOW_LOG_MAX: u32 = 25;
 
 const SKIPPABLE_MAGIC: u32 = 0x184d_2a5e;
 const SEEKABLE_MAGIC: u32 = 0x8f92_eab1;
@@ -115,9 +132,24 @@ impl SeekableCore {
         Ok((start, len))
     }
 
-    /// The compressed bytes of frame `index`.
+    /// Whether frame `index` is small enough, compressed and uncompressed,
+    /// to be read and decoded whole ([`WHOLE_FRAME_LIMIT`]); else it must be
+    /// streamed.
+    pub fn frame_is_small(&self, index: u32) -> bool {
+        let (_, d_len) = self.frame_range(index);
+        let c_len = self
+            .compressed_range(index)
+            .map_or(u64::MAX, |(_, len)| len);
+        d_len <= WHOLE_FRAME_LIMIT && c_len <= WHOLE_FRAME_LIMIT
+    }
+
+    /// The compressed bytes of frame `index` (a small one:
+    /// [`SeekableCore::frame_is_small`]).
     pub fn raw_frame(&self, index: u32) -> Result<Vec<u8>, ArchiveError> {
         let (start, len) = self.compressed_range(index)?;
+        if len > WHOLE_FRAME_LIMIT {
+            return Err(self.too_large(index));
+        }
         let mut compressed = vec![0u8; len as usize];
         self.file
             .read_exact_at(&mut compressed, start)
@@ -143,6 +175,9 @@ impl SeekableCore {
             what,
         };
         let (d_start, d_len) = self.frame_range(index);
+        if d_len > WHOLE_FRAME_LIMIT {
+            return Err(self.too_large(index));
+        }
         out.clear();
         out.reserve(d_len as usize);
         decompressor
@@ -160,6 +195,86 @@ impl SeekableCore {
             )));
         }
         Ok(())
+    }
+
+    fn too_large(&self, index: u32) -> ArchiveError {
+        ArchiveError::Corrupt {
+            path: self.path.clone(),
+            what: format!(
+                "frame {index} is larger than {} MiB and must be streamed",
+                WHOLE_FRAME_LIMIT >> 20
+            ),
+        }
+    }
+
+    /// Decompresses frame `index`, whose compressed bytes `input` yields
+    /// (exactly those: a reader over the frame's range of the file), and
+    /// hands its bytes to `each` with their offset in the frame, in pieces
+    /// of [`PIECE`] bytes (the last one shorter). Stops with an error as
+    /// soon as the frame holds more than the seek table says, or needs a
+    /// window above 2^[`WINDOW_LOG_MAX`]. Returns `input`, for the caller to
+    /// read what the decoder left.
+    pub fn stream_frame<R: Read>(
+        &self,
+        index: u32,
+        input: R,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), ArchiveError>,
+    ) -> Result<R, ArchiveError> {
+        let (d_start, d_len) = self.frame_range(index);
+        let corrupt = |what: String| ArchiveError::Corrupt {
+            path: self.path.clone(),
+            what: format!(
+                "frame {index} (core bytes {d_start:#x}..{:#x}) {what}",
+                d_start + d_len
+            ),
+        };
+        let read_err = |source| ArchiveError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let mut decoder = zstd::stream::read::Decoder::new(input)
+            .map_err(read_err)?
+            .single_frame();
+        decoder.window_log_max(WINDOW_LOG_MAX).map_err(read_err)?;
+        let mut piece = vec![0u8; PIECE];
+        let mut done = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < piece.len() {
+                match decoder.read(&mut piece[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(corrupt(format!("does not decompress: {e}"))),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            if done + filled as u64 > d_len {
+                return Err(corrupt(format!(
+                    "holds more than the {d_len} bytes the seek table says"
+                )));
+            }
+            each(done, &piece[..filled])?;
+            done += filled as u64;
+        }
+        if done != d_len {
+            return Err(corrupt(format!(
+                "holds {done} bytes, the seek table says {d_len}"
+            )));
+        }
+        Ok(decoder.finish().into_inner())
+    }
+
+    /// A reader of frame `index`'s compressed bytes, straight from the file.
+    pub fn compressed_reader(&self, index: u32) -> Result<impl Read + '_, ArchiveError> {
+        let (start, len) = self.compressed_range(index)?;
+        Ok(FileRange {
+            file: &self.file,
+            pos: start,
+            end: start.saturating_add(len),
+        })
     }
 
     /// The uncompressed bytes of frame `index`.
@@ -193,6 +308,25 @@ impl SeekableCore {
             done += n;
         }
         Ok(done)
+    }
+}
+
+/// A range of a file read in order with positional reads.
+struct FileRange<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 

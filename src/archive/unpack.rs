@@ -64,41 +64,28 @@ pub fn unpack(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
+    let temp = PendingOutput::create(dir, output).map_err(write_err)?;
     let (len, frames) = match SeekableCore::open(input) {
         Ok(core) => (
-            unpack_frames(&core, temp.as_file(), jobs, cancel, output)?,
+            unpack_frames(&core, temp.file(), jobs, cancel, output)?,
             core.frames(),
         ),
         Err(ArchiveError::Corrupt { what, .. }) if what.contains("no seek table") => {
-            (unpack_stream(input, temp.as_file(), cancel, output)?, 0)
+            (unpack_stream(input, temp.file(), cancel, output)?, 0)
         }
         Err(e) => return Err(e),
     };
-    temp.as_file().set_len(len).map_err(write_err)?;
-    let disk_usage = temp.as_file().metadata().map_err(write_err)?.blocks() * 512;
-    let persisted = if overwrite {
-        temp.persist(output)
-    } else {
-        temp.persist_noclobber(output)
-    };
-    persisted.map_err(|e| {
-        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+    temp.file().set_len(len).map_err(write_err)?;
+    let disk_usage = temp.file().metadata().map_err(write_err)?.blocks() * 512;
+    temp.persist(output, overwrite).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
             ArchiveError::OutputExists {
                 path: output.to_path_buf(),
             }
         } else {
             ArchiveError::Write {
                 path: output.to_path_buf(),
-                source: e.error,
+                source: error,
             }
         }
     })?;
@@ -109,6 +96,103 @@ pub fn unpack(
         frames,
         elapsed: started.elapsed(),
     })
+}
+
+/// The core being restored: an unnamed file (`O_TMPFILE`) in the output's
+/// directory, given its name only once complete, so that nothing is left
+/// behind however unpack ends (an error, a signal, the forced exit after
+/// one, SIGKILL). Where the file system has no `O_TMPFILE`, a
+/// `.NAME.XXXXXX.partial` file, removed on every path coresnap survives,
+/// the forced exit after a signal included.
+enum PendingOutput {
+    Unnamed(File),
+    Named(tempfile::NamedTempFile, crate::cancel::RemoveOnForcedExit),
+}
+
+impl PendingOutput {
+    fn create(dir: &Path, output: &Path) -> std::io::Result<PendingOutput> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let unnamed = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        match unnamed {
+            Ok(file) => Ok(PendingOutput::Unnamed(file)),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EISDIR | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) =>
+            {
+                let temp = tempfile::Builder::new()
+                    .prefix(&partial_prefix(output))
+                    .suffix(".partial")
+                    .tempfile_in(dir)?;
+                let guard = crate::cancel::RemoveOnForcedExit::new(temp.path());
+                Ok(PendingOutput::Named(temp, guard))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn file(&self) -> &File {
+        match self {
+            PendingOutput::Unnamed(file) => file,
+            PendingOutput::Named(temp, _) => temp.as_file(),
+        }
+    }
+
+    /// Names the complete file `output` (replacing a file there only if
+    /// `overwrite`).
+    fn persist(self, output: &Path, overwrite: bool) -> std::io::Result<()> {
+        match self {
+            PendingOutput::Named(temp, _guard) if overwrite => {
+                temp.persist(output).map(drop).map_err(|e| e.error)
+            }
+            PendingOutput::Named(temp, _guard) => temp
+                .persist_noclobber(output)
+                .map(drop)
+                .map_err(|e| e.error),
+            PendingOutput::Unnamed(file) => {
+                use nix::fcntl::{AT_FDCWD, AtFlags};
+                use std::os::fd::AsRawFd;
+                let link = |to: &Path| {
+                    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                    nix::unistd::linkat(
+                        AT_FDCWD,
+                        fd_path.as_str(),
+                        AT_FDCWD,
+                        to,
+                        AtFlags::AT_SYMLINK_FOLLOW,
+                    )
+                    .map_err(std::io::Error::from)
+                };
+                if !overwrite {
+                    return link(output);
+                }
+                // Replace atomically: a fresh temporary name, then rename.
+                let dir = output
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let temp = tempfile::Builder::new()
+                    .prefix(&partial_prefix(output))
+                    .suffix(".partial")
+                    .make_in(dir, |p| link(p))?;
+                temp.into_temp_path().persist(output).map_err(|e| e.error)
+            }
+        }
+    }
+}
+
+fn partial_prefix(output: &Path) -> String {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.")
 }
 
 /// Writes the non-zero pages of `data` (which belongs at `offset`, a page
@@ -167,16 +251,31 @@ fn unpack_frames(
                         return;
                     }
                     let (start, len) = core.frame_range(index);
-                    let result = core.raw_frame(index).and_then(|raw| {
-                        if super::reader::rle_zero_frame_len(&raw) == Some(len) {
-                            return Ok(()); // a hole
-                        }
-                        core.decode_frame(index, &raw, &mut decompressor, &mut data)?;
-                        write_sparse(out, start, &data).map_err(|source| ArchiveError::Write {
-                            path: output.to_path_buf(),
-                            source,
+                    let write_err = |source| ArchiveError::Write {
+                        path: output.to_path_buf(),
+                        source,
+                    };
+                    let result = if core.frame_is_small(index) {
+                        core.raw_frame(index).and_then(|raw| {
+                            if super::reader::rle_zero_frame_len(&raw) == Some(len) {
+                                return Ok(()); // a hole
+                            }
+                            core.decode_frame(index, &raw, &mut decompressor, &mut data)?;
+                            write_sparse(out, start, &data).map_err(write_err)
                         })
-                    });
+                    } else {
+                        // Never held whole, whatever the seek table claims.
+                        core.compressed_reader(index)
+                            .and_then(|input| {
+                                core.stream_frame(index, input, |at, piece| {
+                                    if let Some(signal) = cancel.signal() {
+                                        return Err(ArchiveError::Interrupted { signal });
+                                    }
+                                    write_sparse(out, start + at, piece).map_err(write_err)
+                                })
+                            })
+                            .map(drop)
+                    };
                     if let Err(e) = result {
                         failure.lock().expect("not poisoned").get_or_insert(e);
                         return;

@@ -64,12 +64,22 @@ fn namespaces(pid: i32) -> Option<super::Namespaces> {
 /// executable link and the build-ids of the mapped files.
 pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
     let pid = snapshot.process.pid;
-    let mappings: Vec<_> = snapshot.regions.iter().map(|r| &r.mapping).collect();
-    let build_ids = buildid::mapped_build_ids(pid, &mappings);
+    // Opening or reading a mapped file can wait for the frozen target
+    // itself (a FUSE file it serves): given up after the read time limit,
+    // leaving those build-ids out.
+    use crate::process::memory::{READ_TIMEOUT, with_time_limit};
+    let mappings: Vec<_> = snapshot.regions.iter().map(|r| r.mapping.clone()).collect();
+    let build_ids = with_time_limit(READ_TIMEOUT, move || {
+        buildid::mapped_build_ids(pid, &mappings.iter().collect::<Vec<_>>())
+    })
+    .unwrap_or_default();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let exe_build_id = std::fs::File::open(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|f| buildid::read_build_id(&f));
+    let exe_build_id = with_time_limit(READ_TIMEOUT, move || {
+        std::fs::File::open(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|f| buildid::read_build_id(&f))
+    })
+    .flatten();
     let hz = procfs::ticks_per_second().max(1);
     let start_time_utc = procfs::boot_time_secs().ok().map(|boot| {
         let ticks = snapshot.process.start_time_ticks;

@@ -11,6 +11,17 @@
 //! shared, and read at a sixth of the speed (measured: 1 GiB shared with a
 //! parent took 1.4 to 1.6 s and 1 GiB of new memory through
 //! `process_vm_readv`, 0.22 s and none through `/proc/PID/mem`).
+//!
+//! A read can wait for the target itself: a page of a FUSE file whose
+//! server is the frozen target, or of any file on a hung network file
+//! system. Such waits end only when the reading thread is killed, so memory
+//! that is not private anonymous (files, shared memory) is read on a
+//! helper thread into its own buffer: a read that makes no progress for
+//! [`READ_TIMEOUT`] is abandoned to that thread, its range and the rest of
+//! its mapping recorded as unreadable with `ETIME`, and the dump goes on.
+//! Private anonymous memory cannot wait that way (its only such wait,
+//! userfaultfd, is skipped when the mappings are selected) and is read
+//! directly, without the copy.
 
 use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
@@ -19,6 +30,9 @@ use serde::Serialize;
 use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 use thiserror::Error;
 
 use crate::elf::layout::PAGE_SIZE as PAGE;
@@ -100,7 +114,7 @@ impl MemorySource for MemoryReader {
         // that cannot be read), the rest goes piece by piece.
         if pieces
             .iter()
-            .any(|&(addr, _, len)| self.may_be_shared(addr, len))
+            .any(|&(addr, _, len)| self.may_be_shared(addr, len) || self.is_timed(addr, len))
         {
             return read_each(self, pieces, buf, unreadable);
         }
@@ -144,14 +158,111 @@ impl MemorySource for MemoryReader {
     }
 }
 
+/// How long one read of a file or shared mapping may make no progress
+/// before it is given up (recorded as unreadable with `ETIME`).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes asked of the helper thread per read: at least 200 KiB/s keeps a
+/// slow but working file system within [`READ_TIMEOUT`].
+const TIMED_STEP: usize = 1 << 20;
+
 /// Reads one process's memory; usable from any thread (unlike ptrace).
 pub struct MemoryReader {
     pid: i32,
-    mem: File,
+    mem: Arc<File>,
     /// Sorted, disjoint address ranges whose pages may be shared
     /// copy-on-write with another process: read through `/proc/PID/mem`
     /// only.
     shared_ranges: Vec<(u64, u64)>,
+    /// Mappings (sorted, disjoint) whose reads may wait for somebody else:
+    /// read on the helper thread, with a time limit. The flag is set once
+    /// a read there timed out: the rest of it is not tried again.
+    timed_ranges: Vec<(u64, u64, AtomicBool)>,
+    helper: Mutex<Option<TimedReader>>,
+}
+
+/// A thread that reads `/proc/PID/mem` into its own buffer, so that a read
+/// that never returns can be left behind without anything pointing into
+/// the caller's memory.
+struct TimedReader {
+    requests: mpsc::Sender<(u64, usize)>,
+    results: mpsc::Receiver<TimedRead>,
+}
+
+/// What the helper read: the bytes from the start, and why it stopped short.
+struct TimedRead {
+    bytes: Vec<u8>,
+    error: Option<Errno>,
+}
+
+impl TimedReader {
+    fn start(mem: Arc<File>) -> Option<TimedReader> {
+        let (requests, incoming) = mpsc::channel::<(u64, usize)>();
+        let (outgoing, results) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("coresnap-timed-read".into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                for (addr, len) in incoming {
+                    buf.resize(len, 0);
+                    let mut done = 0;
+                    let mut error = None;
+                    while done < len {
+                        match mem.read_at(&mut buf[done..], addr + done as u64) {
+                            Ok(0) => {
+                                error = Some(Errno::EIO);
+                                break;
+                            }
+                            Ok(n) => done += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                error =
+                                    Some(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+                                break;
+                            }
+                        }
+                    }
+                    let bytes = buf[..done].to_vec();
+                    if outgoing.send(TimedRead { bytes, error }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(TimedReader { requests, results })
+    }
+}
+
+/// Runs `work` on a thread of its own and waits at most `limit` for it:
+/// for reads of files that may wait for the frozen target (a FUSE file it
+/// serves). `None` when it did not finish in time; the thread is then left
+/// to finish (or to end with coresnap).
+pub fn with_time_limit<T: Send + 'static>(
+    limit: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("coresnap-timed".into())
+        .spawn(move || {
+            let _ = done.send(work());
+        })
+        .ok()?;
+    result.recv_timeout(limit).ok()
+}
+
+/// The mappings of `pid` that are not private anonymous memory.
+fn mappings_that_may_wait(pid: i32) -> Vec<(u64, u64, AtomicBool)> {
+    let Ok(text) = std::fs::read(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    let Ok(mappings) = crate::process::maps::parse_smaps(&text) else {
+        return Vec::new();
+    };
+    mappings
+        .iter()
+        .filter(|m| m.shared || m.is_file())
+        .map(|m| (m.start, m.end, AtomicBool::new(false)))
+        .collect()
 }
 
 impl MemoryReader {
@@ -166,8 +277,10 @@ impl MemoryReader {
         })?;
         Ok(MemoryReader {
             pid,
-            mem,
+            mem: Arc::new(mem),
             shared_ranges: Vec::new(),
+            timed_ranges: mappings_that_may_wait(pid),
+            helper: Mutex::new(None),
         })
     }
 
@@ -197,6 +310,129 @@ impl MemoryReader {
     /// Fills `buf` with the bytes at `addr`. Pages that cannot be read are
     /// zeroed and appended to `unreadable` (adjacent ones merged).
     pub fn read(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let here = addr + done as u64;
+            let rest = &mut buf[done..];
+            let end = here + rest.len() as u64;
+            let i = self.timed_ranges.partition_point(|(_, e, _)| *e <= here);
+            let n = match self.timed_ranges.get(i) {
+                Some((s, e, stalled)) if *s <= here => {
+                    let n = ((*e).min(end) - here) as usize;
+                    self.read_timed(here, &mut rest[..n], stalled, unreadable)?;
+                    n
+                }
+                Some((s, _, _)) if *s < end => {
+                    let n = (*s - here) as usize;
+                    self.read_direct(here, &mut rest[..n], unreadable)?;
+                    n
+                }
+                _ => {
+                    self.read_direct(here, rest, unreadable)?;
+                    rest.len()
+                }
+            };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Whether any of `addr..addr + len` is read on the helper thread.
+    fn is_timed(&self, addr: u64, len: usize) -> bool {
+        let end = addr + len as u64;
+        let i = self.timed_ranges.partition_point(|(_, e, _)| *e <= addr);
+        self.timed_ranges.get(i).is_some_and(|(s, _, _)| *s < end)
+    }
+
+    /// Reads a range of one mapping that may wait for somebody else, on the
+    /// helper thread, [`TIMED_STEP`] at a time, each within [`READ_TIMEOUT`].
+    fn read_timed(
+        &self,
+        addr: u64,
+        buf: &mut [u8],
+        stalled: &AtomicBool,
+        unreadable: &mut Vec<Unreadable>,
+    ) -> Result<(), MemoryError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let here = addr + done as u64;
+            let len = (buf.len() - done).min(TIMED_STEP);
+            let chunk = &mut buf[done..done + len];
+            let timed_out = |chunk: &mut [u8], unreadable: &mut Vec<Unreadable>| {
+                chunk.fill(0);
+                record(
+                    unreadable,
+                    Unreadable {
+                        start: here,
+                        len: chunk.len() as u64,
+                        errno: libc::ETIME,
+                    },
+                );
+            };
+            if stalled.load(Ordering::Relaxed) {
+                timed_out(chunk, unreadable);
+                done += len;
+                continue;
+            }
+            let mut helper = self.helper.lock().unwrap_or_else(|e| e.into_inner());
+            if helper.is_none() {
+                *helper = TimedReader::start(Arc::clone(&self.mem));
+            }
+            let Some(reader) = helper.as_ref() else {
+                // No thread to spare: read here, without a time limit.
+                drop(helper);
+                self.read_direct(here, chunk, unreadable)?;
+                done += len;
+                continue;
+            };
+            let answer = reader
+                .requests
+                .send((here, len))
+                .ok()
+                .and_then(|()| reader.results.recv_timeout(READ_TIMEOUT).ok());
+            let Some(TimedRead { bytes, error }) = answer else {
+                // Left to finish (or not) on its own; the next read starts
+                // a new helper.
+                *helper = None;
+                stalled.store(true, Ordering::Relaxed);
+                timed_out(chunk, unreadable);
+                done += len;
+                continue;
+            };
+            drop(helper);
+            let got = bytes.len();
+            chunk[..got].copy_from_slice(&bytes);
+            done += got;
+            if let Some(errno) = error.filter(|_| got < len) {
+                if got == 0 && self.gone() {
+                    return Err(MemoryError::ProcessGone { pid: self.pid });
+                }
+                // Stopped at a page it cannot read: that page is lost, the
+                // next one is tried again.
+                let page_end = ((here + got as u64) / PAGE + 1) * PAGE;
+                let skip = ((page_end - (here + got as u64)) as usize).min(len - got);
+                buf[done..done + skip].fill(0);
+                record(
+                    unreadable,
+                    Unreadable {
+                        start: here + got as u64,
+                        len: skip as u64,
+                        errno: errno as i32,
+                    },
+                );
+                done += skip;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads memory that cannot wait for anybody, on the calling thread.
+    fn read_direct(
         &self,
         addr: u64,
         buf: &mut [u8],

@@ -59,6 +59,11 @@ pub enum SkipReason {
     Filtered { bit: u32 },
     /// Private anonymous memory never written: it holds only zeros.
     NeverWritten,
+    /// Registered by the target with userfaultfd for missing or minor
+    /// faults (VmFlags `um`, `ui`): reading a page it has not filled waits
+    /// for the target's fault handler, which cannot run while the target is
+    /// frozen, so the read would never return.
+    Userfaultfd,
 }
 
 impl Decision {
@@ -98,6 +103,11 @@ pub fn decide(
     }
     if mapping.has_vm_flag(b"io") || mapping.has_vm_flag(b"pf") {
         return skip(SkipReason::DeviceMemory);
+    }
+    // Not even with `-a`: the dump would hang. Write-protect registration
+    // (`uw`) alone is read as usual: reads never wait for its handler.
+    if (mapping.has_vm_flag(b"um") || mapping.has_vm_flag(b"ui")) && !read_userfaultfd_ranges() {
+        return skip(SkipReason::Userfaultfd);
     }
     if policy.all {
         return if mapping.readable || mapping.anonymous_kb > 0 {
@@ -160,6 +170,14 @@ pub fn decide(
             MAPPED_PRIVATE
         },
     })
+}
+
+/// Fault point for the test of the read timeout: with
+/// `CORESNAP_FAULT_READ_USERFAULTFD=1` in the environment, ranges
+/// registered with userfaultfd are read like any other, so that a read
+/// that never completes can be provoked on purpose.
+fn read_userfaultfd_ranges() -> bool {
+    std::env::var_os("CORESNAP_FAULT_READ_USERFAULTFD").is_some_and(|v| v == "1")
 }
 
 #[cfg(test)]
@@ -291,6 +309,24 @@ mod tests {
             Decision::Skipped {
                 reason: SkipReason::DeviceMemory
             }
+        );
+    }
+
+    #[test]
+    fn userfaultfd_ranges_are_skipped_even_with_all() {
+        for flag in ["um", "ui"] {
+            for policy in [DEFAULT, ALL] {
+                assert_eq!(
+                    decide(&mapping("rw-p", "", 8, &[flag]), policy, never),
+                    Decision::Skipped {
+                        reason: SkipReason::Userfaultfd
+                    }
+                );
+            }
+        }
+        assert_eq!(
+            decide(&mapping("rw-p", "", 8, &["uw"]), DEFAULT, never),
+            Decision::Whole
         );
     }
 

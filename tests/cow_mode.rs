@@ -217,3 +217,339 @@ fn sigkill_mid_dump_kills_the_clone() {
         children_of(target.pid)
     );
 }
+
+// ---------------------------------------------------------------------------
+// The copy's cost in memory: the clone is the OOM killer's first pick, a
+// lost clone is reported as such and the dump redone in stop mode.
+// ---------------------------------------------------------------------------
+
+/// Starts `cow_hostile MIB MODE` and waits for its threads to settle.
+fn start_hostile(mib: u64, mode: &str) -> Target {
+    let exe = build(Program::CowHostile);
+    Target::spawn(&exe, &[OsStr::new(&mib.to_string()), OsStr::new(mode)])
+}
+
+/// gdb reads the target's pattern (word i = tag | i) at the start, the
+/// middle and the end of its buffer in `core`.
+fn assert_pattern_in_core(target: &Target, core: &std::path::Path) {
+    let buf = target.addr("buf");
+    let len = target.num("buf_len") as u64;
+    let tag = parse_hex(target.get("tag")).unwrap();
+    let probes: Vec<u64> = vec![0, len / 2, len - 8];
+    let commands: Vec<String> = probes
+        .iter()
+        .map(|offset| format!("x/1gx {:#x}", buf + offset))
+        .collect();
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let (_, sections) = run_gdb_split(&target.exe, core, &commands);
+    for (offset, section) in probes.iter().zip(&sections) {
+        assert_eq!(
+            parse_x_words(section),
+            Ok(vec![tag | (offset / 8)]),
+            "word at buf+{offset:#x} in {}",
+            core.display()
+        );
+    }
+}
+
+fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .expect("oom_kill in /proc/vmstat")
+}
+
+fn coresnap_cow(target: &Target, prefix: &std::path::Path, extra: &[&str]) -> CmdOutput {
+    let mut cmd = Command::new(Dumper::Coresnap.program());
+    cmd.args(["--mode", "cow"])
+        .args(extra)
+        .arg("-o")
+        .arg(prefix)
+        .arg(target.pid.to_string());
+    run_with_timeout(&mut cmd, DUMP_TIMEOUT, true)
+}
+
+fn core_path(prefix: &std::path::Path, pid: i32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}.{pid}", prefix.display()))
+}
+
+fn manifest_of(core: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(format!("{}.json", core.display())).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A target that SIGKILLs its own children kills the clone: coresnap says
+/// so (not that the target exited) and dumps in stop mode; with
+/// --no-fallback it fails saying the same and leaves the target running.
+#[test]
+fn a_clone_killed_by_the_target_is_reported_and_the_dump_redone_in_stop_mode() {
+    let target = start_hostile(64, "killchildren");
+    let scratch = Scratch::new("cow-clone-killed");
+    let strict = scratch.path().join("strict");
+    let failed = coresnap_cow(&target, &strict, &["--no-fallback"]);
+    assert!(!failed.success(), "{}", failed.describe());
+    let said = &failed.stdout;
+    assert!(
+        said.contains("clone") && said.contains("killed by SIGKILL"),
+        "{said}"
+    );
+    assert!(
+        said.contains("not by the out-of-memory killer") && said.contains("still running"),
+        "{said}"
+    );
+    assert!(!said.contains("exited"), "{said}");
+    assert!(!core_path(&strict, target.pid).exists());
+    assert_running_untraced(target.pid);
+
+    let lenient = scratch.path().join("lenient");
+    let done = coresnap_cow(&target, &lenient, &[]);
+    assert!(done.success(), "{}", done.describe());
+    assert!(
+        done.stdout.contains("killed by SIGKILL") && done.stdout.contains("dumped in stop mode"),
+        "{}",
+        done.stdout
+    );
+    assert_running_untraced(target.pid);
+    let core = core_path(&lenient, target.pid);
+    assert_loads_in_gdb(target.pid, &core, &thread_ids(target.pid));
+    assert_pattern_in_core(&target, &core);
+    let manifest = manifest_of(&core);
+    assert_eq!(manifest["capture"]["mode"], "stop");
+    assert!(
+        manifest["capture"]["cow_fallback"]
+            .as_str()
+            .is_some_and(|why| why.contains("killed by SIGKILL")),
+        "{}",
+        manifest["capture"]
+    );
+}
+
+/// Watched from outside while the dump runs: the clone's oom_score_adj is
+/// 1000 (the out-of-memory killer's first pick) and the target's own is
+/// left as it was.
+#[test]
+fn the_clone_is_the_out_of_memory_killers_first_pick() {
+    let target = start_hostile(128, "idle");
+    wait_threads_sleeping(target.pid, &[]);
+    let adj_of = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .map(|s| s.trim().to_string())
+            .ok()
+    };
+    let target_adj = adj_of(target.pid).unwrap();
+    let scratch = Scratch::new("cow-oom-adj");
+    let mut child = Command::new(Dumper::Coresnap.program())
+        .args(["--mode", "cow", "--no-fallback", "-q", "-o"])
+        .arg(scratch.path().join("core"))
+        .arg(target.pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let saw_first_pick = wait_until(Duration::from_secs(30), || {
+        for (clone, _) in children_of(target.pid) {
+            if let Some(adj) = adj_of(clone) {
+                seen.push((clone, adj.clone()));
+                if adj == "1000" {
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    let status = wait_exit(&mut child, DUMP_TIMEOUT, "coresnap");
+    let stderr = take_stderr(&mut child);
+    assert!(status.success(), "coresnap failed: {stderr}");
+    assert!(
+        saw_first_pick,
+        "no clone with oom_score_adj 1000 seen; seen: {seen:?}"
+    );
+    assert_eq!(adj_of(target.pid).unwrap(), target_adj);
+    assert_running_untraced(target.pid);
+    let core = scratch.path().join(format!("core.{}", target.pid));
+    assert_eq!(
+        manifest_of(&core)["capture"]["cow"]["clone_oom_score_adj"],
+        1000
+    );
+    assert_pattern_in_core(&target, &core);
+}
+
+/// A target rewriting all its memory as fast as it can: with the default
+/// cap the dump gives a whole core in either mode and nothing is killed;
+/// with a small cap it falls back to stop mode saying why (or, with
+/// --no-fallback, fails saying why), and the target runs on.
+#[test]
+fn a_target_rewriting_its_memory_gets_a_whole_core_or_a_clear_fallback() {
+    let target = start_hostile(256, "rewrite");
+    let scratch = Scratch::new("cow-rewrite");
+    let kills_before = oom_kills();
+
+    let default = scratch.path().join("default");
+    let done = coresnap_cow(&target, &default, &[]);
+    assert!(done.success(), "{}", done.describe());
+    assert!(
+        done.stdout.contains("copy-on-write cost: expected")
+            || done.stdout.contains("dumped in stop mode"),
+        "{}",
+        done.stdout
+    );
+    let core = core_path(&default, target.pid);
+    assert_loads_in_gdb(target.pid, &core, &thread_ids(target.pid));
+    assert_pattern_in_core(&target, &core);
+    let capture = &manifest_of(&core)["capture"];
+    if capture["mode"] == "cow" {
+        let cost = &capture["cow"];
+        assert!(cost["expected_bytes"].as_u64().unwrap() <= cost["cap_bytes"].as_u64().unwrap());
+        assert!(cost["duplicated_bytes"].as_u64().is_some(), "{cost}");
+    }
+
+    let strict = scratch.path().join("strict");
+    let refused = coresnap_cow(
+        &target,
+        &strict,
+        &["--cow-max-copy", "16M", "--no-fallback"],
+    );
+    assert!(!refused.success(), "{}", refused.describe());
+    assert!(
+        refused.stdout.contains("--cow-max-copy") && refused.stdout.contains("no core was written"),
+        "{}",
+        refused.stdout
+    );
+    assert!(!core_path(&strict, target.pid).exists());
+    assert_running_untraced(target.pid);
+    assert!(
+        wait_until(STATE_TIMEOUT, || children_of(target.pid).is_empty()),
+        "clone left behind: {:?}",
+        children_of(target.pid)
+    );
+
+    let capped = scratch.path().join("capped");
+    let fell_back = coresnap_cow(&target, &capped, &["--cow-max-copy", "16M"]);
+    assert!(fell_back.success(), "{}", fell_back.describe());
+    assert!(
+        fell_back.stdout.contains("--cow-max-copy")
+            && fell_back.stdout.contains("dumped in stop mode"),
+        "{}",
+        fell_back.stdout
+    );
+    let core = core_path(&capped, target.pid);
+    assert_pattern_in_core(&target, &core);
+    assert_running_untraced(target.pid);
+    assert_eq!(oom_kills(), kills_before, "something was killed for memory");
+}
+
+/// A memory cgroup for one test, removed when dropped (after the target in
+/// it is gone).
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+    limit_file: &'static str,
+}
+
+impl MemoryCgroup {
+    /// A child of this process's own memory cgroup (v1 or v2).
+    fn create(name: &str) -> Result<MemoryCgroup, Missing> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let v1 = own.lines().find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            controllers
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| format!("/sys/fs/cgroup/memory{path}"))
+        });
+        let (parent, limit_file) = match v1 {
+            Some(dir) => (dir, "memory.limit_in_bytes"),
+            None => {
+                let path = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap_or("/");
+                (format!("/sys/fs/cgroup{path}"), "memory.max")
+            }
+        };
+        let dir = std::path::PathBuf::from(parent).join(name);
+        let missing = |what: String| {
+            Missing::environment(
+                format!("a memory cgroup of its own ({what})"),
+                "run the tests as root on a host whose memory cgroup controller is mounted and delegated",
+            )
+        };
+        std::fs::create_dir(&dir).map_err(|e| missing(format!("mkdir {}: {e}", dir.display())))?;
+        let group = MemoryCgroup { dir, limit_file };
+        if !group.dir.join(limit_file).exists() {
+            return Err(missing(format!(
+                "{} has no {limit_file}",
+                group.dir.display()
+            )));
+        }
+        Ok(group)
+    }
+
+    fn usage(&self) -> u64 {
+        ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(self.dir.join(f)).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .expect("the cgroup's memory usage")
+    }
+
+    fn limit(&self, bytes: u64) {
+        std::fs::write(self.dir.join(self.limit_file), bytes.to_string()).unwrap();
+        // No swap to escape into (absent on v1 without swap accounting).
+        let _ = std::fs::write(self.dir.join("memory.swap.max"), "0");
+        let _ = std::fs::write(
+            self.dir.join("memory.memsw.limit_in_bytes"),
+            bytes.to_string(),
+        );
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = wait_until(STATE_TIMEOUT, || std::fs::remove_dir(&self.dir).is_ok());
+    }
+}
+
+/// Out of memory in the middle of a copy-on-write dump: the target rewrites
+/// all its memory inside a memory cgroup that has room for only a little
+/// more, with no cap on the copy. The cgroup's OOM killer takes the clone,
+/// never the target; coresnap says so and dumps in stop mode.
+#[test]
+fn running_out_of_memory_during_the_copy_kills_the_clone_not_the_target() {
+    let group = match MemoryCgroup::create(&format!("coresnap-test-{}", std::process::id())) {
+        Ok(group) => group,
+        Err(missing) => {
+            skip(&missing);
+            return;
+        }
+    };
+    let exe = build(Program::CowHostile);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$0\" 256 rewrite",
+        group.dir.display()
+    );
+    let mut target = Target::spawn(
+        std::path::Path::new("/bin/sh"),
+        &[OsStr::new("-c"), OsStr::new(&script), exe.as_os_str()],
+    );
+    target.exe = exe;
+    group.limit(group.usage() + (32 << 20));
+    let scratch = Scratch::new("cow-oom");
+    let prefix = scratch.path().join("core");
+    let done = coresnap_cow(&target, &prefix, &["--cow-max-copy", "1T"]);
+    target.assert_alive();
+    assert!(done.success(), "{}", done.describe());
+    assert!(
+        done.stdout.contains("out-of-memory killer")
+            && done.stdout.contains("its first pick")
+            && done.stdout.contains("dumped in stop mode"),
+        "{}",
+        done.stdout
+    );
+    assert_running_untraced(target.pid);
+    let core = core_path(&prefix, target.pid);
+    assert_loads_in_gdb(target.pid, &core, &thread_ids(target.pid));
+    assert_pattern_in_core(&target, &core);
+}

@@ -26,6 +26,7 @@
 //! of the file as written (the compressed stream for `-z`).
 
 use super::Sink;
+use super::chunk_workers::ChunkWorkers;
 use sha2::Digest;
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -98,13 +99,13 @@ impl Chunking {
                 CHUNK_SIZES.end()
             ));
         }
-        if let Some(page) = self.page_size {
-            if !PAGE_SIZES.contains(&page) || !power(page) || page > self.chunk_size {
-                return Err(format!(
-                    "the manifest's page size {page} is not one coresnap writes (a power of two from {} bytes to the chunk size)",
-                    PAGE_SIZES.start()
-                ));
-            }
+        if let Some(page) = self.page_size
+            && (!PAGE_SIZES.contains(&page) || !power(page) || page > self.chunk_size)
+        {
+            return Err(format!(
+                "the manifest's page size {page} is not one coresnap writes (a power of two from {} bytes to the chunk size)",
+                PAGE_SIZES.start()
+            ));
         }
         Ok(self)
     }
@@ -191,7 +192,7 @@ pub fn hex(bytes: &[u8]) -> String {
 static ZEROS: [u8; 128 << 10] = [0; 128 << 10];
 
 /// One hash function.
-trait Algorithm: Send + 'static {
+pub(super) trait Algorithm: Send + 'static {
     fn new() -> Self;
     fn update(&mut self, data: &[u8]);
     /// The digest so far; the hasher starts over.
@@ -233,251 +234,25 @@ fn update_zeros<A: Algorithm>(hasher: &mut A, mut n: u64, stop: &AtomicBool) {
     }
 }
 
-/// The chunked hash of a stream with one algorithm (docs/MANIFEST.md):
-/// leaves are pages (scheme v2) or whole chunks (v1); in v2 a chunk's hash
-/// covers its leaves' hashes; the root covers the tag, the sizes, the chunk
-/// hashes and the length. The last page and chunk may be short.
-struct Chunked<A> {
-    /// Bytes per leaf: the page size, or the chunk size in scheme v1.
-    leaf_size: u64,
-    leaf: A,
-    /// Bytes of the current leaf hashed so far.
-    leaf_filled: u64,
-    /// Scheme v2: the hash over the current chunk's leaf hashes.
-    pages: Option<PagedChunk<A>>,
-    root: A,
-    /// The hash of a chunk of zeros, repeated: fed to the root in batches.
-    zero_chunks: Vec<u8>,
+/// H(`len` zero bytes).
+pub(super) fn zero_hash<A: Algorithm>(len: u64) -> [u8; 32] {
+    let mut h = A::new();
+    update_zeros(&mut h, len, &AtomicBool::new(false));
+    h.finish_reset()
 }
 
-/// The page level of scheme v2.
-struct PagedChunk<A> {
+/// The flat hash of a stream with one algorithm, on its own thread.
+struct Flat<A> {
     hasher: A,
-    /// Leaves of the current chunk closed so far.
-    leaves: u64,
-    per_chunk: u64,
-    /// The hash of a page of zeros, repeated `per_chunk` times.
-    zero_leaves: Vec<u8>,
 }
 
-impl<A: Algorithm> Chunked<A> {
-    fn new(chunking: Chunking) -> Chunked<A> {
-        let mut root = A::new();
-        let zero_hash = |len: u64| {
-            let mut h = A::new();
-            update_zeros(&mut h, len, &AtomicBool::new(false));
-            h.finish_reset()
-        };
-        let (leaf_size, pages, zero_chunk) = match chunking.page_size {
-            Some(page) => {
-                root.update(CHUNKED_TAG);
-                root.update(&page.to_le_bytes());
-                root.update(&chunking.chunk_size.to_le_bytes());
-                let per_chunk = chunking.chunk_size / page;
-                let zero_leaves = zero_hash(page).repeat(per_chunk as usize);
-                let mut chunk = A::new();
-                chunk.update(&zero_leaves);
-                let zero_chunk = chunk.finish_reset();
-                let paged = PagedChunk {
-                    hasher: A::new(),
-                    leaves: 0,
-                    per_chunk,
-                    zero_leaves,
-                };
-                (page, Some(paged), zero_chunk)
-            }
-            None => {
-                root.update(CHUNKED_TAG_V1);
-                root.update(&chunking.chunk_size.to_le_bytes());
-                (chunking.chunk_size, None, zero_hash(chunking.chunk_size))
-            }
-        };
-        Chunked {
-            leaf_size,
-            leaf: A::new(),
-            leaf_filled: 0,
-            pages,
-            root,
-            zero_chunks: zero_chunk.repeat(1024),
-        }
-    }
-
-    fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            // A whole page of zeros (stored zeros, or a decompressed hole)
-            // has a known hash: checking costs far less than hashing.
-            if self.pages.is_some() && self.leaf_filled == 0 && data.len() as u64 >= self.leaf_size
-            {
-                let (page, rest) = data.split_at(self.leaf_size as usize);
-                if is_zero(page) {
-                    self.zero_leaves(self.leaf_size, false);
-                    data = rest;
-                    continue;
-                }
-            }
-            let n = (self.leaf_size - self.leaf_filled).min(data.len() as u64) as usize;
-            self.leaf.update(&data[..n]);
-            self.leaf_filled += n as u64;
-            data = &data[n..];
-            if self.leaf_filled == self.leaf_size {
-                self.close_leaf();
-            }
-        }
-    }
-
-    /// The current leaf, possibly short, is complete.
-    fn close_leaf(&mut self) {
-        let digest = self.leaf.finish_reset();
-        self.leaf_filled = 0;
-        match &mut self.pages {
-            Some(pages) => {
-                pages.hasher.update(&digest);
-                pages.leaves += 1;
-                if pages.leaves == pages.per_chunk {
-                    self.close_chunk();
-                }
-            }
-            None => self.root.update(&digest),
-        }
-    }
-
-    /// Scheme v2: the current chunk, possibly short, is complete.
-    fn close_chunk(&mut self) {
-        if let Some(pages) = &mut self.pages {
-            let digest = pages.hasher.finish_reset();
-            pages.leaves = 0;
-            self.root.update(&digest);
-        }
-    }
-
-    /// `n` zeros: only those in a partly filled leaf are hashed as bytes;
-    /// whole pages and whole chunks of zeros cost their known hashes.
-    fn zeros(&mut self, mut n: u64, stop: &AtomicBool) {
-        if self.leaf_filled > 0 {
-            let k = n.min(self.leaf_size - self.leaf_filled);
-            self.update_zero_bytes(k);
-            n -= k;
-        }
-        n -= self.zero_leaves(n, true);
-        let mut whole = n / self.chunk_len();
-        n -= whole * self.chunk_len();
-        let per_batch = (self.zero_chunks.len() / 32) as u64;
-        while whole > 0 {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let k = whole.min(per_batch);
-            self.root.update(&self.zero_chunks[..32 * k as usize]);
-            whole -= k;
-        }
-        n -= self.zero_leaves(n, false);
-        self.update_zero_bytes(n);
-    }
-
-    /// Scheme v2: whole pages of zeros out of `n`, into the current chunk
-    /// (only if it is partly filled, when `partial_only`); the bytes used.
-    fn zero_leaves(&mut self, n: u64, partial_only: bool) -> u64 {
-        let Some(pages) = &mut self.pages else {
-            return 0;
-        };
-        if partial_only && pages.leaves == 0 {
-            return 0;
-        }
-        let k = (n / self.leaf_size).min(pages.per_chunk - pages.leaves);
-        pages.hasher.update(&pages.zero_leaves[..32 * k as usize]);
-        pages.leaves += k;
-        if pages.leaves == pages.per_chunk {
-            self.close_chunk();
-        }
-        k * self.leaf_size
-    }
-
-    fn chunk_len(&self) -> u64 {
-        match &self.pages {
-            Some(pages) => pages.per_chunk * self.leaf_size,
-            None => self.leaf_size,
-        }
-    }
-
-    fn update_zero_bytes(&mut self, mut n: u64) {
-        while n > 0 {
-            let k = n.min(ZEROS.len() as u64) as usize;
-            self.update(&ZEROS[..k]);
-            n -= k as u64;
-        }
-    }
-
-    fn finish(mut self, len: u64) -> [u8; 32] {
-        if self.leaf_filled > 0 {
-            self.close_leaf();
-        }
-        if self.pages.as_ref().is_some_and(|p| p.leaves > 0) {
-            self.close_chunk();
-        }
-        self.root.update(&len.to_le_bytes());
-        self.root.finish_reset()
-    }
-}
-
-/// Whether every byte of `bytes` is zero; stops at the first 64 bytes that
-/// are not, which for data is almost always the first.
-fn is_zero(bytes: &[u8]) -> bool {
-    let blocks = bytes.chunks_exact(64);
-    let tail = blocks.remainder();
-    blocks.into_iter().all(|block| {
-        block
-            .chunks_exact(16)
-            .map(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")))
-            .fold(0, |acc, w| acc | w)
-            == 0
-    }) && tail.iter().all(|&b| b == 0)
-}
-
-/// What one thread computes with one algorithm.
-struct Streams<A> {
-    flat: Option<A>,
-    chunked: Option<Chunked<A>>,
-    len: u64,
-}
-
-/// (chunked root, flat digest) of one algorithm.
-type Outputs = (Option<[u8; 32]>, Option<[u8; 32]>);
-
-impl<A: Algorithm> Streams<A> {
-    fn new(want: Want) -> Streams<A> {
-        Streams {
-            flat: want.flat.then(A::new),
-            chunked: want.chunked.map(Chunked::new),
-            len: 0,
-        }
-    }
-
+impl<A: Algorithm> Flat<A> {
     fn update(&mut self, data: &[u8]) {
-        self.len += data.len() as u64;
-        if let Some(flat) = &mut self.flat {
-            flat.update(data);
-        }
-        if let Some(chunked) = &mut self.chunked {
-            chunked.update(data);
-        }
+        self.hasher.update(data);
     }
 
     fn zeros(&mut self, n: u64, stop: &AtomicBool) {
-        self.len += n;
-        if let Some(chunked) = &mut self.chunked {
-            chunked.zeros(n, stop);
-        }
-        if let Some(flat) = &mut self.flat {
-            update_zeros(flat, n, stop);
-        }
-    }
-
-    fn finish(self) -> Outputs {
-        let len = self.len;
-        (
-            self.chunked.map(|c| c.finish(len)),
-            self.flat.map(|mut f| f.finish_reset()),
-        )
+        update_zeros(&mut self.hasher, n, stop);
     }
 }
 
@@ -488,21 +263,28 @@ enum Msg {
     Zeros(u64),
 }
 
-/// The chosen hashes of a stream with BLAKE3 and SHA-256, computed on two
-/// background threads (one per algorithm: SHA-256, ~1.8 GB/s with SHA-NI
-/// here, is the slower one and sets the pace; BLAKE3 runs at ~7 GB/s).
+/// The chosen hashes of a stream with BLAKE3 and SHA-256, computed on
+/// background threads: the chunked ones on one worker per CPU
+/// ([`ChunkWorkers`]), the flat ones, which cannot be split, on one thread
+/// per algorithm (SHA-256, ~1.8 GB/s with SHA-NI here, sets their pace;
+/// BLAKE3 runs at ~7 GB/s).
 pub struct StreamHasher {
-    want: Want,
+    len: u64,
+    chunked: Option<(Chunking, ChunkWorkers)>,
+    flat: Option<FlatThreads>,
+}
+
+/// The flat hashes' two threads and the data on its way to them.
+struct FlatThreads {
     senders: Vec<mpsc::Sender<Msg>>,
     free_rx: mpsc::Receiver<Vec<u8>>,
     allocated: usize,
     max_buffers: usize,
     staging: Vec<u8>,
     pending_zeros: u64,
-    len: u64,
     stop: Arc<AtomicBool>,
-    blake3: Option<JoinHandle<Outputs>>,
-    sha256: Option<JoinHandle<Outputs>>,
+    blake3: Option<JoinHandle<[u8; 32]>>,
+    sha256: Option<JoinHandle<[u8; 32]>>,
 }
 
 impl StreamHasher {
@@ -511,33 +293,85 @@ impl StreamHasher {
         StreamHasher::with_max_pending(want, DEFAULT_MAX_PENDING)
     }
 
-    /// At most `max_pending` bytes of data (not zeros) wait for the threads
-    /// before [`update`](Self::update) blocks.
+    /// At most `max_pending` bytes of data (not zeros) wait for the flat
+    /// hashes' threads before [`update`](Self::update) blocks.
     fn with_max_pending(want: Want, max_pending: usize) -> StreamHasher {
+        StreamHasher {
+            len: 0,
+            chunked: want.chunked.map(|c| (c, ChunkWorkers::new(c))),
+            flat: want.flat.then(|| FlatThreads::new(max_pending)),
+        }
+    }
+
+    /// Appends `data` to the stream.
+    pub fn update(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        if let Some((_, workers)) = &mut self.chunked {
+            workers.update(data);
+        }
+        if let Some(flat) = &mut self.flat {
+            flat.update(data);
+        }
+    }
+
+    /// Appends `n` zero bytes to the stream (costs nothing here).
+    pub fn zeros(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.len += n;
+        if let Some((_, workers)) = &mut self.chunked {
+            workers.zeros(n);
+        }
+        if let Some(flat) = &mut self.flat {
+            flat.zeros(n);
+        }
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Waits for the threads to hash everything and returns the digests.
+    pub fn finish(self) -> Digests {
+        Digests {
+            len: self.len,
+            chunked: self.chunked.map(|(chunking, workers)| ChunkedDigest {
+                chunking,
+                root: workers.finish(),
+            }),
+            flat: self.flat.map(FlatThreads::finish),
+        }
+    }
+}
+
+impl FlatThreads {
+    fn new(max_pending: usize) -> FlatThreads {
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         let stop = Arc::new(AtomicBool::new(false));
         let (blake_tx, blake_rx) = mpsc::channel::<Msg>();
         let (sha_tx, sha_rx) = mpsc::channel::<Msg>();
-        let blake3 = spawn::<blake3::Hasher>("coresnap-blake3", want, blake_rx, &free_tx, &stop);
-        let sha256 = spawn::<sha2::Sha256>("coresnap-sha256", want, sha_rx, &free_tx, &stop);
-        StreamHasher {
-            want,
+        let blake3 = spawn::<blake3::Hasher>("coresnap-blake3", blake_rx, &free_tx, &stop);
+        let sha256 = spawn::<sha2::Sha256>("coresnap-sha256", sha_rx, &free_tx, &stop);
+        FlatThreads {
             senders: vec![blake_tx, sha_tx],
             free_rx,
             allocated: 0,
             max_buffers: (max_pending / BUF_LEN).max(2),
             staging: Vec::new(),
             pending_zeros: 0,
-            len: 0,
             stop,
             blake3: Some(blake3),
             sha256: Some(sha256),
         }
     }
 
-    /// Appends `data` to the stream.
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.len += data.len() as u64;
+    fn update(&mut self, mut data: &[u8]) {
         if self.pending_zeros > 0 {
             let n = std::mem::take(&mut self.pending_zeros);
             self.send(Msg::Zeros(n));
@@ -555,53 +389,26 @@ impl StreamHasher {
         }
     }
 
-    /// Appends `n` zero bytes to the stream (costs nothing here).
-    pub fn zeros(&mut self, n: u64) {
-        if n == 0 {
-            return;
-        }
+    fn zeros(&mut self, n: u64) {
         self.flush_staging();
-        self.len += n;
         self.pending_zeros += n;
     }
 
-    /// Bytes hashed so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Waits for the threads to hash everything and returns the digests.
-    pub fn finish(mut self) -> Digests {
+    fn finish(mut self) -> HashPair {
         self.flush_staging();
         if self.pending_zeros > 0 {
             let n = std::mem::take(&mut self.pending_zeros);
             self.send(Msg::Zeros(n));
         }
         self.senders.clear();
-        let join = |handle: Option<JoinHandle<Outputs>>| match handle.expect("joined once").join() {
-            Ok(outputs) => outputs,
+        let join = |handle: Option<JoinHandle<[u8; 32]>>| match handle.expect("joined once").join()
+        {
+            Ok(digest) => digest,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        let (blake3_chunked, blake3_flat) = join(self.blake3.take());
-        let (sha256_chunked, sha256_flat) = join(self.sha256.take());
-        let pair = |blake3: Option<[u8; 32]>, sha256: Option<[u8; 32]>| {
-            Some(HashPair {
-                blake3: blake3?,
-                sha256: sha256?,
-            })
-        };
-        Digests {
-            len: self.len,
-            chunked: self
-                .want
-                .chunked
-                .zip(pair(blake3_chunked, sha256_chunked))
-                .map(|(chunking, root)| ChunkedDigest { chunking, root }),
-            flat: pair(blake3_flat, sha256_flat),
+        HashPair {
+            blake3: join(self.blake3.take()),
+            sha256: join(self.sha256.take()),
         }
     }
 
@@ -637,7 +444,7 @@ impl StreamHasher {
     }
 }
 
-impl Drop for StreamHasher {
+impl Drop for FlatThreads {
     fn drop(&mut self) {
         // Abandoned (the dump failed): stop hashing zeros nobody will use.
         // The threads exit on their own once the channels are closed.
@@ -647,39 +454,38 @@ impl Drop for StreamHasher {
 
 fn spawn<A: Algorithm>(
     name: &str,
-    want: Want,
     rx: mpsc::Receiver<Msg>,
     free_tx: &mpsc::Sender<Vec<u8>>,
     stop: &Arc<AtomicBool>,
-) -> JoinHandle<Outputs> {
+) -> JoinHandle<[u8; 32]> {
     let free_tx = free_tx.clone();
     let stop = stop.clone();
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || hash_thread(Streams::<A>::new(want), rx, free_tx, &stop))
+        .spawn(move || hash_thread(Flat { hasher: A::new() }, rx, free_tx, &stop))
         .expect("spawn hashing thread")
 }
 
 fn hash_thread<A: Algorithm>(
-    mut streams: Streams<A>,
+    mut flat: Flat<A>,
     rx: mpsc::Receiver<Msg>,
     free_tx: mpsc::Sender<Vec<u8>>,
     stop: &AtomicBool,
-) -> Outputs {
+) -> [u8; 32] {
     for msg in rx {
         match msg {
             Msg::Data(buf) => {
-                streams.update(&buf);
+                flat.update(&buf);
                 // Exactly one of the two threads gets the buffer back.
                 if let Some(mut buf) = Arc::into_inner(buf) {
                     buf.clear();
                     let _ = free_tx.send(buf);
                 }
             }
-            Msg::Zeros(n) => streams.zeros(n, stop),
+            Msg::Zeros(n) => flat.zeros(n, stop),
         }
     }
-    streams.finish()
+    flat.hasher.finish_reset()
 }
 
 /// A sink that forwards everything to `inner`, hashes the core's bytes (gaps
@@ -1036,6 +842,28 @@ mod tests {
             all.extend_from_slice(&[0; 100]);
         }
         assert_eq!(hasher.finish(), reference(&all, Some(Chunking::CURRENT)));
+    }
+
+    #[test]
+    fn an_abandoned_stream_stops_quietly() {
+        // A dump that fails drops its hasher mid-chunk and mid-hole: every
+        // thread must end without a panic and without hashing the hole.
+        let threads_before = std::fs::read_dir("/proc/self/task").unwrap().count();
+        for _ in 0..20 {
+            let mut hasher = StreamHasher::new(Want::chunked(true));
+            hasher.update(&[5; 10_000]);
+            hasher.zeros(1 << 40);
+            hasher.update(&[6; 100]);
+            drop(hasher);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::read_dir("/proc/self/task").unwrap().count() > threads_before + 8 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hashing threads still running"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]

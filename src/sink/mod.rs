@@ -2,6 +2,7 @@
 //! file offset order and leaves gaps where the core holds only zeros; a
 //! sink turns gaps into holes (a regular file) or into zero bytes (a pipe).
 
+mod chunk_workers;
 pub mod hashing;
 pub mod zstd_seekable;
 

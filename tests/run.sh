@@ -24,7 +24,7 @@ if [ "$(id -u)" = 0 ]; then
     declare -A package=(
         [gdb]=gdb [gcore]=gdb [cc]=gcc [eu-stack]=elfutils [lldb]=lldb
         [zstd]=zstd [strace]=strace [setpriv]=util-linux [unshare]=util-linux
-        [mount]=mount [python3]=python3
+        [mount]=mount [python3]=python3 [ssh-keygen]=openssh-client
         # Real programs as targets (tests/real_programs.rs).
         [go]=golang-go [javac]=openjdk-17-jdk-headless [java]=openjdk-17-jdk-headless
         [node]=nodejs [redis-server]=redis-server

@@ -197,6 +197,10 @@ pub enum SignatureError {
     )]
     Namespace { found: String },
     #[error(
+        "the signature was made by {key}, a kind of key coresnap does not check (it checks ed25519 and ECDSA; ssh-keygen -Y verify checks this one)"
+    )]
+    Unsupported { key: String },
+    #[error(
         "the signature by {key} does not match the manifest: the manifest was changed after it was signed, or the signature belongs to another manifest"
     )]
     Mismatch { key: String },
@@ -273,6 +277,12 @@ pub fn check(
     }
     let signer = PublicKey::from(signature.public_key().clone());
     let key = describe_key(&signer);
+    if !matches!(
+        signer.algorithm(),
+        Algorithm::Ed25519 | Algorithm::Ecdsa { .. }
+    ) {
+        return Err(SignatureError::Unsupported { key });
+    }
     signer
         .verify(NAMESPACE, manifest, &signature)
         .map_err(|_| SignatureError::Mismatch { key: key.clone() })?;

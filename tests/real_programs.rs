@@ -13,15 +13,31 @@
 //! counted from outside; a lost one would show as a hung or crashed
 //! program, or a failed request.
 //!
-//! Needs `go` (Debian: golang-go) and `javac`/`java` (openjdk-17-jdk-headless).
-//! `CORESNAP_REAL_DUMPS` changes the number of cow dumps per program.
+//! Python with threads, node and redis-server are each started once, dumped
+//! once in stop and once in cow mode, and every core is loaded in gdb, lldb
+//! and eu-stack as the C targets are: every thread must be there, and the
+//! threads whose work is known (a Python thread sleeping, one waiting for a
+//! lock; redis's main loop and its background-job threads; node's event
+//! loop and its V8 workers) must show the functions that work runs through,
+//! as far as the debugger names them. After each dump the program must
+//! still serve (redis PING and GET, a node HTTP request, the Python worker's
+//! progress). A Go server's core is read by `coresnap inspect --backtrace`,
+//! which must name its frames as gdb does.
+//!
+//! Needs `go` (Debian: golang-go), `javac`/`java` (openjdk-17-jdk-headless),
+//! `python3`, `node` (nodejs), `redis-server`, gdb, lldb and eu-stack
+//! (elfutils). `CORESNAP_REAL_DUMPS` changes the number of cow dumps per
+//! program under load.
 
 mod common;
 
+use common::debuggers::{parse_eu_stack, parse_lldb};
 use common::*;
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -183,6 +199,17 @@ impl DumpStats {
     }
 }
 
+/// coresnap's stderr holds one summary line and, in cow mode, the line
+/// with the copy's memory cost: no warning, no fallback, nothing else.
+fn says_only_its_summary(stderr: &str, pid: i32) -> bool {
+    let summary = format!("coresnap: pid {pid}: wrote ");
+    let cow_cost = format!("coresnap: pid {pid}: copy-on-write cost: ");
+    stderr.lines().filter(|l| l.starts_with(&summary)).count() == 1
+        && stderr
+            .lines()
+            .all(|l| l.starts_with(&summary) || l.starts_with(&cow_cost))
+}
+
 /// The pause coresnap reports in its summary line.
 fn reported_pause(text: &str) -> Option<f64> {
     let (_, rest) = text.split_once("target paused ")?;
@@ -230,9 +257,8 @@ fn dump_repeatedly(
             "{name} {args:?}: dump {round} failed:\n{}",
             res.describe()
         );
-        let summary = format!("coresnap: pid {pid}: wrote ");
         assert!(
-            res.stderr.lines().all(|l| l.starts_with(&summary)) && res.stderr.lines().count() == 1,
+            says_only_its_summary(&res.stderr, pid),
             "{name} {args:?}: dump {round} said more than its summary:\n{}",
             res.describe()
         );
@@ -277,7 +303,8 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("no header end in {response:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") {
+    // Go answers in HTTP/1.0, node in HTTP/1.1.
+    if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
         return Err(format!("answered {head:?}"));
     }
     Ok(body.to_string())
@@ -419,4 +446,374 @@ fn jvm_under_load_is_dumped_without_harm() {
         "the JVM's workers stopped after the dumps"
     );
     assert_running_untraced(pid);
+}
+
+// ---------------------------------------------------------------------------
+// Python, node and redis in gdb, lldb and eu-stack
+// ---------------------------------------------------------------------------
+
+/// Function names of each thread's backtrace (innermost first), by the
+/// thread id the core gives it, as one debugger shows them.
+type Stacks = BTreeMap<i32, Vec<String>>;
+
+fn describe_stacks(stacks: &Stacks) -> String {
+    stacks
+        .iter()
+        .map(|(tid, functions)| format!("  {tid}: {}\n", functions.join(" < ")))
+        .collect()
+}
+
+fn gdb_stacks(exe: &Path, core: &Path) -> Stacks {
+    let out = run_gdb(exe, core, &["thread apply all bt"]);
+    parse_thread_apply(&out)
+        .into_iter()
+        .map(|block| (block.lwp, bt_functions(&block.body)))
+        .collect()
+}
+
+fn lldb_stacks(exe: &Path, core: &Path) -> Stacks {
+    let mut cmd = Command::new("lldb");
+    cmd.arg("--batch")
+        .arg("-c")
+        .arg(core)
+        .arg(exe)
+        .args(["-o", "thread list", "-o", "bt all"]);
+    // lldb 14 on Debian prints Python tracebacks (missing
+    // lldb.embedded_interpreter) on stderr; they are harmless.
+    let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, false);
+    assert!(res.success(), "lldb failed:\n{}", res.describe());
+    let (tids, mut frames) = parse_lldb(&res.stdout);
+    tids.into_iter()
+        .map(|(index, tid)| (tid, frames.remove(&index).unwrap_or_default()))
+        .collect()
+}
+
+fn eu_stack_stacks(exe: &Path, core: &Path) -> Stacks {
+    let mut cmd = Command::new("eu-stack");
+    cmd.arg("--core").arg(core).arg("-e").arg(exe);
+    let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, false);
+    assert!(res.success(), "eu-stack failed:\n{}", res.describe());
+    parse_eu_stack(&res.stdout)
+}
+
+/// Whether `functions` holds a frame naming each of `names` (a part of
+/// the name: debuggers differ in glibc's aliases, `__GI___clock_nanosleep`
+/// or `clock_nanosleep`), in this order from the innermost frame; frames
+/// a debugger cannot name may lie between.
+fn shows_in_order(functions: &[String], names: &[&str]) -> bool {
+    let mut frames = functions.iter();
+    names
+        .iter()
+        .all(|name| frames.any(|function| function.contains(name)))
+}
+
+/// What some threads of a real program are known to be doing.
+struct Known {
+    what: &'static str,
+    threads: Which,
+    /// Function names the backtrace must show, innermost first.
+    frames: &'static [&'static str],
+}
+
+enum Which {
+    /// These threads (ids as the core gives them).
+    Tids(Vec<i32>),
+    /// At least this many threads, whichever.
+    AtLeast(usize),
+}
+
+/// The program at `pid` still does its work: `Err` says what failed.
+type StillServing<'a> = &'a mut dyn FnMut() -> Result<(), String>;
+
+/// Dumps `pid` once in stop and once in cow mode; each dump must succeed
+/// with only its summary line, leave the program running untraced and
+/// serving, and give a core in which gdb, lldb and eu-stack each find every
+/// thread and what `known` says the threads are doing.
+fn dump_and_read_in_debuggers(
+    name: &str,
+    pid: i32,
+    scratch: &Scratch,
+    known: &[Known],
+    still_serving: StillServing,
+) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the program's executable");
+    still_serving().unwrap_or_else(|e| panic!("{name} does not serve before the dumps: {e}"));
+    for (mode, args) in [
+        ("stop", &["--mode", "stop"][..]),
+        ("cow", &["--mode", "cow", "--no-fallback"][..]),
+    ] {
+        let prefix = scratch.path().join(format!("{name}-{mode}"));
+        let threads_before = thread_ids(pid);
+        let mut cmd = Command::new(Dumper::Coresnap.program());
+        cmd.args(args).arg("-o").arg(&prefix).arg(pid.to_string());
+        let started = Instant::now();
+        let res = run_with_timeout(&mut cmd, DUMP_TIMEOUT, false);
+        let took = started.elapsed();
+        assert!(
+            res.success(),
+            "{name} {args:?}: the dump failed:\n{}",
+            res.describe()
+        );
+        assert!(
+            says_only_its_summary(&res.stderr, pid),
+            "{name} {args:?}: the dump said more than its summary:\n{}",
+            res.describe()
+        );
+        assert_eq!(
+            thread_ids(pid),
+            threads_before,
+            "{name}: threads came or went during the {mode} dump"
+        );
+        assert_running_untraced(pid);
+        still_serving()
+            .unwrap_or_else(|e| panic!("{name} no longer serves after the {mode} dump: {e}"));
+        let core = PathBuf::from(format!("{}.{pid}", prefix.display()));
+        let size = std::fs::metadata(&core).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "{name}: {mode} dump in {:.0} ms, {:.1} MiB; {}",
+            took.as_secs_f64() * 1000.0,
+            size as f64 / f64::from(1 << 20),
+            res.stderr.trim()
+        );
+
+        let mut every_thread: Vec<i32> = threads_before
+            .iter()
+            .map(|&tid| tid_inside(pid, tid))
+            .collect();
+        every_thread.sort_unstable();
+        type Reader = fn(&Path, &Path) -> Stacks;
+        let readers: [(&str, Reader); 3] = [
+            ("gdb", gdb_stacks),
+            ("lldb", lldb_stacks),
+            ("eu-stack", eu_stack_stacks),
+        ];
+        for (debugger, read) in readers {
+            let stacks = read(&exe, &core);
+            let listed: Vec<i32> = stacks.keys().copied().collect();
+            assert_eq!(
+                listed, every_thread,
+                "{debugger} on the {mode} core of {name}: the threads"
+            );
+            for k in known {
+                let showing = |tid: &i32| shows_in_order(&stacks[tid], k.frames);
+                let ok = match &k.threads {
+                    Which::Tids(tids) => tids.iter().all(|tid| showing(&tid_inside(pid, *tid))),
+                    Which::AtLeast(n) => stacks.keys().filter(|t| showing(t)).count() >= *n,
+                };
+                assert!(
+                    ok,
+                    "{debugger} on the {mode} core of {name}: {} ({}) do not show {:?}:\n{}",
+                    k.what,
+                    k.threads_described(),
+                    k.frames,
+                    describe_stacks(&stacks)
+                );
+            }
+        }
+        let _ = std::fs::remove_file(&core);
+        let _ = std::fs::remove_file(format!("{}.json", core.display()));
+    }
+}
+
+impl Known {
+    fn threads_described(&self) -> String {
+        match &self.threads {
+            Which::Tids(tids) => format!("threads {tids:?}"),
+            Which::AtLeast(n) => format!("at least {n} threads"),
+        }
+    }
+}
+
+fn require_debuggers() -> Result<(), Missing> {
+    program("gdb", "--version", "gdb")?;
+    program("lldb", "--version", "lldb")?;
+    program("eu-stack", "--version", "elfutils")
+}
+
+#[test]
+fn python_threads_in_gdb_lldb_and_eu_stack() {
+    require!(
+        ptrace_access(),
+        program("python3", "--version", "python3"),
+        require_debuggers(),
+    );
+    let scratch = Scratch::new("real-python");
+    let progress = scratch.path().join("progress");
+    let script = testdata_dir().join("python/workers.py");
+    let target = Target::spawn(
+        Path::new("python3"),
+        &[script.as_os_str(), progress.as_os_str()],
+    );
+    let pid = target.pid;
+    let tid = |key: &str| target.num(key) as i32;
+    let rounds = || -> Option<u64> { std::fs::read_to_string(&progress).ok()?.parse().ok() };
+    let known = [
+        Known {
+            what: "the main thread, in time.sleep()",
+            threads: Which::Tids(vec![pid]),
+            frames: &[
+                "clock_nanosleep",
+                "_PyEval_EvalFrameDefault",
+                "PyEval_EvalCode",
+            ],
+        },
+        Known {
+            what: "the sleeper, in time.sleep()",
+            threads: Which::Tids(vec![tid("sleeper")]),
+            frames: &["clock_nanosleep", "_PyEval_EvalFrameDefault"],
+        },
+        Known {
+            what: "the waiter, acquiring a lock",
+            threads: Which::Tids(vec![tid("waiter")]),
+            frames: &["PyThread_acquire_lock_timed", "_PyEval_EvalFrameDefault"],
+        },
+        Known {
+            what: "the worker, computing",
+            threads: Which::Tids(vec![tid("worker")]),
+            frames: &["_PyEval_EvalFrameDefault"],
+        },
+    ];
+    let mut progressing = || {
+        let before = rounds().ok_or("no progress file")?;
+        if wait_until(STATE_TIMEOUT, || rounds().is_some_and(|r| r > before)) {
+            Ok(())
+        } else {
+            Err(format!("the worker stayed at {before} rounds"))
+        }
+    };
+    assert!(
+        wait_until(STATE_TIMEOUT, || rounds().is_some()),
+        "the worker wrote no progress"
+    );
+    dump_and_read_in_debuggers("python3", pid, &scratch, &known, &mut progressing);
+}
+
+#[test]
+fn node_server_in_gdb_lldb_and_eu_stack() {
+    require!(
+        ptrace_access(),
+        program("node", "--version", "nodejs"),
+        require_debuggers(),
+    );
+    let scratch = Scratch::new("real-node");
+    let script = testdata_dir().join("node/server.js");
+    // Four V8 worker threads whatever the machine's CPU count.
+    let target = Target::spawn(
+        Path::new("node"),
+        &[OsStr::new("--v8-pool-size=4"), script.as_os_str()],
+    );
+    let pid = target.pid;
+    let addr: SocketAddr = format!("127.0.0.1:{}", target.num("port")).parse().unwrap();
+    let known = [
+        Known {
+            what: "the main thread, in its event loop",
+            threads: Which::Tids(vec![pid]),
+            frames: &["epoll", "uv_run"],
+        },
+        Known {
+            what: "the V8 platform workers, waiting for tasks",
+            threads: Which::AtLeast(4),
+            frames: &["pthread_cond_wait", "uv_cond_wait"],
+        },
+    ];
+    let mut answering = || {
+        let body = http_get(addr, "/")?;
+        if body.starts_with("served ") {
+            Ok(())
+        } else {
+            Err(format!("answered {body:?}"))
+        }
+    };
+    dump_and_read_in_debuggers("node", pid, &scratch, &known, &mut answering);
+}
+
+/// One inline command to redis over its Unix socket; the reply as sent.
+fn redis(socket: &Path, command: &str) -> Result<String, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    let timeout = Some(Duration::from_secs(20));
+    stream.set_read_timeout(timeout).unwrap();
+    stream.set_write_timeout(timeout).unwrap();
+    write!(stream, "{command}\r\nQUIT\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .map_err(|e| format!("receive: {e}"))?;
+    // The reply to QUIT closes it.
+    Ok(reply.strip_suffix("+OK\r\n").unwrap_or(&reply).to_string())
+}
+
+#[test]
+fn redis_server_in_gdb_lldb_and_eu_stack() {
+    require!(
+        ptrace_access(),
+        program("redis-server", "--version", "redis-server"),
+        require_debuggers(),
+    );
+    let scratch = Scratch::new("real-redis");
+    let socket = scratch.path().join("redis.sock");
+    let log = scratch.path().join("redis.log");
+    // The shell prints its pid and becomes redis-server: redis prints no
+    // line of its own that Target could wait for.
+    let target = Target::spawn(
+        Path::new("sh"),
+        &[
+            OsStr::new("-c"),
+            OsStr::new(r#"echo "ready pid=$$"; exec redis-server "$@""#),
+            OsStr::new("sh"),
+            OsStr::new("--port"),
+            OsStr::new("0"),
+            OsStr::new("--unixsocket"),
+            socket.as_os_str(),
+            OsStr::new("--dir"),
+            scratch.path().as_os_str(),
+            OsStr::new("--logfile"),
+            log.as_os_str(),
+            OsStr::new("--save"),
+            OsStr::new(""),
+            OsStr::new("--appendonly"),
+            OsStr::new("no"),
+        ],
+    );
+    let pid = target.pid;
+    assert!(
+        wait_until(READY_TIMEOUT, || redis(&socket, "PING")
+            .is_ok_and(|r| r == "+PONG\r\n")),
+        "redis-server does not answer on {}; its log:\n{}",
+        socket.display(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        redis(&socket, "SET coresnap kept-across-dumps"),
+        Ok("+OK\r\n".to_string())
+    );
+    let background: Vec<i32> = thread_ids(pid)
+        .into_iter()
+        .filter(|&tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("bio_"))
+        })
+        .collect();
+    assert_eq!(background.len(), 3, "redis 7 has three bio_ threads");
+    let known = [
+        Known {
+            what: "the main thread, in its event loop",
+            threads: Which::Tids(vec![pid]),
+            frames: &["epoll_wait", "aeMain", "main"],
+        },
+        Known {
+            what: "the background-job threads (bio_*), waiting for jobs",
+            threads: Which::Tids(background),
+            frames: &["pthread_cond_wait", "bioProcessBackgroundJobs"],
+        },
+    ];
+    let mut answering = || {
+        let pong = redis(&socket, "PING")?;
+        let value = redis(&socket, "GET coresnap")?;
+        if pong == "+PONG\r\n" && value == "$17\r\nkept-across-dumps\r\n" {
+            Ok(())
+        } else {
+            Err(format!("PING answered {pong:?}, GET {value:?}"))
+        }
+    };
+    dump_and_read_in_debuggers("redis-server", pid, &scratch, &known, &mut answering);
 }

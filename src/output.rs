@@ -84,8 +84,8 @@ impl OutputDir {
             // Linux says ELOOP or ENOTDIR for a final symbolic link,
             // depending on the flags; the name itself tells which it is.
             Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                let is_link = std::fs::symlink_metadata(trimmed)
-                    .is_ok_and(|m| m.file_type().is_symlink());
+                let is_link =
+                    std::fs::symlink_metadata(trimmed).is_ok_and(|m| m.file_type().is_symlink());
                 return Err(if is_link {
                     OutputError::DirIsSymlink {
                         path: path.to_path_buf(),
@@ -195,14 +195,27 @@ impl OutputDir {
             .map(|st| st.st_mode & 0o7777 == FILE_MODE)
             .unwrap_or(false);
         if !exact {
-            fchmod(&fd, Mode::from_bits_truncate(FILE_MODE)).map_err(|e| {
-                OutputError::Create {
-                    path: path.clone(),
-                    source: e.into(),
-                }
+            fchmod(&fd, Mode::from_bits_truncate(FILE_MODE)).map_err(|e| OutputError::Create {
+                path: path.clone(),
+                source: e.into(),
             })?;
         }
         Ok(File::from(fd))
+    }
+}
+
+impl OutputDir {
+    /// Removes the name `name` from the directory (a symbolic link is
+    /// removed, not followed): to take back what a failed run created.
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)
+    }
+
+    /// Removes the directory if this call created it and it is empty.
+    pub fn remove_if_created(&self) {
+        if self.created {
+            let _ = std::fs::remove_dir(trim_trailing_slashes(&self.path));
+        }
     }
 }
 

@@ -237,8 +237,8 @@ fn extract_force_never_writes_through_planted_links() {
     ]);
     assert!(out.success(), "{}", out.describe());
     assert_eq!(
-        fs::read(&victim).unwrap(),
-        b"root's file\n",
+        fs::read_to_string(&victim).unwrap(),
+        "root's file\n",
         "victim written"
     );
     assert!(
@@ -314,9 +314,10 @@ fn extract_race_with_a_planted_link_never_writes_through_it() {
         .recv_timeout(Duration::from_secs(5))
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
+    eprintln!("attacker: {}", said.trim());
     assert_eq!(
-        fs::read(&victim).unwrap(),
-        b"root's file\n",
+        fs::read_to_string(&victim).unwrap(),
+        "root's file\n",
         "victim written"
     );
     if said.contains("planted") {
@@ -332,6 +333,13 @@ fn extract_race_with_a_planted_link_never_writes_through_it() {
             index.file_type().is_symlink(),
             "the attacker's link was replaced"
         );
+        // What extract had written is taken back.
+        let left: Vec<_> = fs::read_dir(&shared)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "index.tsv")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     } else {
         assert!(out.success(), "{}", out.describe());
     }
@@ -436,12 +444,6 @@ fn inspect_opens_no_fifo_socket_device_or_proc_file_a_core_names() {
     }
     let hostile_core = scratch.path().join("hostile.core");
     fs::write(&hostile_core, &bytes).unwrap();
-    // The FIFO and the socket take the place of the files they were.
-    fs::remove_file(&fifo).unwrap();
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    fs::remove_file(&socket).unwrap();
-    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-
     let padded = |f: &Path, h: &str| {
         let len = f.as_os_str().len();
         format!("{}{h}", "/".repeat(len - h.len()))
@@ -451,32 +453,41 @@ fn inspect_opens_no_fifo_socket_device_or_proc_file_a_core_names() {
         .zip(hostile)
         .map(|(f, h)| padded(f, h))
         .collect();
-    named.push(fifo.to_str().unwrap().into());
     named.push(socket.to_str().unwrap().into());
-
-    for extra in [
-        &[][..],
-        &["--backtrace"][..],
-        &["--json"][..],
-        &["-b", "-g"][..],
-    ] {
-        let log = scratch.path().join("strace.log");
-        let mut args: Vec<&OsStr> = vec!["inspect".as_ref()];
-        args.extend(extra.iter().map(OsStr::new));
-        args.push(hostile_core.as_os_str());
-        // run_with_timeout panics if inspect blocks (on the FIFO).
-        let out = strace_coresnap(&args, &log);
-        assert!(out.success(), "inspect {extra:?}: {}", out.describe());
-        let log = fs::read_to_string(&log).unwrap();
-        for path in &named {
-            let opened = opened_for_reading(&log, path);
-            assert!(
-                opened.is_empty(),
-                "inspect {extra:?} opened {path}:\n{}",
-                opened.join("\n")
-            );
+    // A socket takes the place of the file it was; the FIFO comes second,
+    // as it would keep a reader that opens it from getting further.
+    fs::remove_file(&socket).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let inspect_opens_none = |named: &[String]| {
+        for extra in [
+            &[][..],
+            &["--backtrace"][..],
+            &["--json"][..],
+            &["-b", "-g"][..],
+        ] {
+            let log = scratch.path().join("strace.log");
+            let mut args: Vec<&OsStr> = vec!["inspect".as_ref()];
+            args.extend(extra.iter().map(OsStr::new));
+            args.push(hostile_core.as_os_str());
+            // run_with_timeout panics if inspect blocks (on the FIFO).
+            let out = strace_coresnap(&args, &log);
+            assert!(out.success(), "inspect {extra:?}: {}", out.describe());
+            let log = fs::read_to_string(&log).unwrap();
+            for path in named {
+                let opened = opened_for_reading(&log, path);
+                assert!(
+                    opened.is_empty(),
+                    "inspect {extra:?} opened {path}:\n{}",
+                    opened.join("\n")
+                );
+            }
         }
-    }
+    };
+    inspect_opens_none(&named);
+    fs::remove_file(&fifo).unwrap();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    named.push(fifo.to_str().unwrap().into());
+    inspect_opens_none(&named);
 
     // --no-local-files: no path of the core is looked up at all.
     let log = scratch.path().join("strace-none.log");

@@ -54,7 +54,9 @@ pub struct RawFile {
 }
 
 /// Writes each PT_LOAD's bytes to `dir/START-END.bin` (END = START + bytes
-/// present; zero pages become holes) and `dir/index.tsv`.
+/// present; zero pages become holes) and `dir/index.tsv`. On an error the
+/// files it created are removed again (and the directory, if it created
+/// it).
 pub fn raw<S: ByteSource>(
     core: &CoreFile<S>,
     dir: &Path,
@@ -66,6 +68,24 @@ pub fn raw<S: ByteSource>(
             path: dir.to_path_buf(),
         });
     }
+    let mut created = Vec::new();
+    let result = write_raw(core, &out_dir, force, &mut created);
+    if result.is_err() {
+        for name in &created {
+            let _ = out_dir.remove_file(name);
+        }
+        out_dir.remove_if_created();
+    }
+    result
+}
+
+fn write_raw<S: ByteSource>(
+    core: &CoreFile<S>,
+    out_dir: &OutputDir,
+    force: bool,
+    created: &mut Vec<String>,
+) -> Result<Vec<RawFile>, ExtractError> {
+    let dir = out_dir.path();
     // Without --force the directory was empty: a name that exists when a
     // file is created was put there by someone else meanwhile.
     let create = |name: &str| {
@@ -107,6 +127,7 @@ pub fn raw<S: ByteSource>(
             );
             let path = dir.join(&name);
             let mut file = create(&name)?;
+            created.push(name.clone());
             copy_sparse(
                 core.source(),
                 seg.offset,
@@ -128,11 +149,15 @@ pub fn raw<S: ByteSource>(
             e.size,
             e.perms,
             e.name.as_deref().unwrap_or("-"),
-            e.mapped_file.as_deref().map_or("-".into(), escape_tsv_field)
+            e.mapped_file
+                .as_deref()
+                .map_or("-".into(), escape_tsv_field)
         ));
     }
     let index = dir.join("index.tsv");
-    create("index.tsv")?
+    let mut index_file = create("index.tsv")?;
+    created.push("index.tsv".into());
+    index_file
         .write_all(text.as_bytes())
         .map_err(|source| ExtractError::Write {
             path: index,

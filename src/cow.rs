@@ -14,8 +14,11 @@
 
 use crate::process::freeze::FrozenProcess;
 use crate::process::inject::{self, InjectError, SYS_CLONE, SYS_WAIT4};
+use crate::process::maps::{self, Mapping};
 use crate::process::memory::{MemoryError, MemoryReader, MemorySource, Unreadable};
-use crate::snapshot::Snapshot;
+use crate::snapshot::Region;
+use crate::snapshot::collect::{self, CollectError};
+use crate::snapshot::select::{SelectionPolicy, decide, filter_bits};
 use crate::sys::ptrace::{self, StopEvent};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -48,6 +51,8 @@ pub enum CowError {
     CloneFailed(nix::errno::Errno),
     #[error("reading shared memory under the freeze failed: {0}")]
     Memory(#[from] MemoryError),
+    #[error("reading the mappings under the freeze failed: {0}")]
+    Mappings(#[from] CollectError),
 }
 
 impl CowError {
@@ -78,6 +83,10 @@ pub struct CowCopy {
     child: i32,
     child_memory: MemoryReader,
     preloaded: Vec<Preloaded>,
+    /// The target's smaps, when it had to be read under the freeze (to
+    /// know which memory the clone cannot hold); else the clone's smaps is
+    /// read after the release.
+    mappings_at_freeze: Option<Vec<Mapping>>,
     timeout: Duration,
     finished: bool,
     watch: std::sync::Mutex<CostWatch>,
@@ -99,32 +108,47 @@ fn status_number(pid: i32, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Whether a copy-on-write dump is safe, decided before anything is changed
-/// in the target.
-fn check_preconditions(frozen: &FrozenProcess, snapshot: &Snapshot) -> Result<(), CowError> {
-    let pid = frozen.pid();
-    if status_number(pid, "Seccomp:").unwrap_or(0) != 0 {
-        return Err(CowError::Seccomp);
-    }
-    let available_kb = meminfo_kb("MemAvailable:").unwrap_or(0);
-    let preload: u64 = snapshot
-        .regions
-        .iter()
-        .filter(|r| needs_preload(r))
-        .map(|r| r.dumped_len())
-        .sum();
-    if preload > available_kb * 1024 / 4 {
-        return Err(CowError::TooMuchSharedMemory { mib: preload >> 20 });
-    }
-    Ok(())
+/// The target's mappings as `/proc/PID/maps` lists them: no counters and
+/// no `VmFlags`, but cheap to read (no walk of the page tables, which is
+/// what makes smaps take tens of milliseconds for a large process).
+fn maps_of(pid: i32) -> Result<Vec<Mapping>, CollectError> {
+    let text = std::fs::read(format!("/proc/{pid}/maps")).map_err(|source| CollectError::Proc {
+        pid,
+        what: "maps",
+        source,
+    })?;
+    maps::parse_smaps(&text).map_err(|source| CollectError::Maps { pid, source })
+}
+
+/// Whether the filter may select the shared mapping `m`, as far as
+/// `/proc/PID/maps` tells (it shows neither MADV_DONTDUMP nor hugetlb):
+/// true for every shared mapping that [`decide`] could dump.
+fn may_select_shared(m: &Mapping, policy: SelectionPolicy) -> bool {
+    use filter_bits::*;
+    let bit = if m.is_deleted_file() || !m.is_file() {
+        ANON_SHARED
+    } else {
+        MAPPED_SHARED
+    };
+    m.shared && (policy.all || policy.filter & (bit | HUGETLB_SHARED) != 0)
+}
+
+/// Shared memory the target itself can never write: a mapping without
+/// write permission whose file was not opened for writing (`VmFlags` has
+/// no `mw`, so not even `mprotect` can make it writable). Its bytes are the
+/// file's, so it is read after the release.
+pub fn target_cannot_write(m: &Mapping) -> bool {
+    m.shared && !m.writable && !m.has_vm_flag(b"mw")
 }
 
 /// Memory a clone does not hold as it was at the freeze: shared mappings
-/// (the target's later writes show through) and MADV_DONTFORK /
-/// MADV_WIPEONFORK regions (missing or zeroed in the clone).
-pub fn needs_preload(region: &crate::snapshot::Region) -> bool {
+/// the target can write (the clone would see its later writes) and
+/// MADV_DONTFORK / MADV_WIPEONFORK regions (missing or zeroed in the
+/// clone).
+pub fn needs_preload(region: &Region) -> bool {
     let m = &region.mapping;
-    region.dumped_len() > 0 && (m.shared || m.has_vm_flag(b"dc") || m.has_vm_flag(b"wf"))
+    region.dumped_len() > 0
+        && ((m.shared && !target_cannot_write(m)) || m.has_vm_flag(b"dc") || m.has_vm_flag(b"wf"))
 }
 
 /// How long the clone is watched before coresnap commits to copying from
@@ -275,26 +299,33 @@ fn mib(bytes: u64) -> u64 {
 }
 
 impl CowCopy {
-    /// Prepares the copy while `frozen` still holds every thread. On error
+    /// Prepares the copy while `frozen` still holds every thread: makes
+    /// the clone and reads what it cannot hold, and nothing else. On error
     /// the target is exactly as the freeze left it.
+    ///
+    /// `/proc/PID/maps` tells which mappings may need reading now: shared
+    /// ones the filter may select, and after the clone, the ones missing
+    /// from it (MADV_DONTFORK). Only if there are any is the target's smaps
+    /// read under the freeze, for their `VmFlags` (`mw`, `dd`, userfaultfd)
+    /// and counters; otherwise the clone's smaps describes the mappings
+    /// after the release.
     pub fn prepare(
         frozen: &FrozenProcess,
-        snapshot: &Snapshot,
+        policy: SelectionPolicy,
         target_memory: &MemoryReader,
         timeout: Duration,
     ) -> Result<CowCopy, CowError> {
-        check_preconditions(frozen, snapshot)?;
         let pid = frozen.pid();
-        let mut preloaded = Vec::new();
-        for region in snapshot.regions.iter().filter(|r| needs_preload(r)) {
-            let mut bytes = vec![0u8; region.dumped_len() as usize];
-            let mut unreadable = Vec::new();
-            target_memory.read(region.mapping.start, &mut bytes, &mut unreadable)?;
-            preloaded.push(Preloaded {
-                start: region.mapping.start,
-                bytes,
-                unreadable,
-            });
+        if status_number(pid, "Seccomp:").unwrap_or(0) != 0 {
+            return Err(CowError::Seccomp);
+        }
+        let target_maps = maps_of(pid)?;
+        let mut smaps = None;
+        if target_maps.iter().any(|m| may_select_shared(m, policy)) {
+            smaps = Some(collect::read_mappings(pid)?);
+        }
+        if let Some(mappings) = &smaps {
+            check_preload_size(&preload_regions(mappings, policy, target_memory))?;
         }
         // clone(flags = 0): a fork with no exit signal, so the target gets
         // no SIGCHLD for it and a plain wait() in the target cannot reap it.
@@ -312,12 +343,32 @@ impl CowCopy {
         let watch = std::sync::Mutex::new(CostWatch::new());
         // Every private page of the clone is shared with the target: read
         // it without pinning, or the kernel would copy each page it reads.
-        let child_memory = match MemoryReader::open_clone(child) {
-            Ok(reader) => reader,
+        let prepared = MemoryReader::open_clone(child)
+            .map_err(CowError::from)
+            .and_then(|child_memory| {
+                let smaps = match smaps {
+                    Some(smaps) => Some(smaps),
+                    None if lacks_mappings(child, &target_maps)? => {
+                        Some(collect::read_mappings(pid)?)
+                    }
+                    None => None,
+                };
+                let preloaded = match &smaps {
+                    Some(mappings) => {
+                        let regions = preload_regions(mappings, policy, target_memory);
+                        check_preload_size(&regions)?;
+                        preload(&regions, target_memory)?
+                    }
+                    None => Vec::new(),
+                };
+                Ok((child_memory, smaps, preloaded))
+            });
+        let (child_memory, mappings_at_freeze, preloaded) = match prepared {
+            Ok(prepared) => prepared,
             Err(e) => {
                 kill_and_wait(child, timeout);
                 let _ = reap_in_target(pid, child, timeout);
-                return Err(e.into());
+                return Err(e);
             }
         };
         Ok(CowCopy {
@@ -325,6 +376,7 @@ impl CowCopy {
             child,
             child_memory,
             preloaded,
+            mappings_at_freeze,
             timeout,
             finished: false,
             watch,
@@ -333,6 +385,28 @@ impl CowCopy {
 
     pub fn child_pid(&self) -> i32 {
         self.child
+    }
+
+    /// The target's mappings at the freeze, for after the release: the
+    /// smaps read under the freeze, or else the clone's, whose mappings and
+    /// pages are the target's at the instant of the clone.
+    pub fn mappings(&mut self) -> Result<Vec<Mapping>, CollectError> {
+        match self.mappings_at_freeze.take() {
+            Some(mappings) => Ok(mappings),
+            None => collect::read_mappings(self.child),
+        }
+    }
+
+    /// Whether `region`'s bytes are read after the release: shared memory
+    /// that was not copied under the freeze, because the target cannot
+    /// write it ([`target_cannot_write`]).
+    pub fn read_after_release(&self, region: &Region) -> bool {
+        region.dumped_len() > 0
+            && region.mapping.shared
+            && !self
+                .preloaded
+                .iter()
+                .any(|p| p.start == region.mapping.start)
     }
 
     /// After the release, before the first byte is copied: waits out
@@ -516,6 +590,67 @@ impl MemorySource for CowCopy {
             self.child_memory.read_pieces(pieces, buf, unreadable)
         }
     }
+}
+
+/// Whether the clone lacks any of the target's mappings: those are
+/// MADV_DONTFORK regions (a fork copies every other mapping).
+fn lacks_mappings(child: i32, target_maps: &[Mapping]) -> Result<bool, CollectError> {
+    let in_clone: std::collections::HashSet<(u64, u64)> =
+        maps_of(child)?.iter().map(|m| (m.start, m.end)).collect();
+    Ok(target_maps
+        .iter()
+        .any(|m| !in_clone.contains(&(m.start, m.end))))
+}
+
+/// The regions of `mappings` (the target's smaps) to read under the
+/// freeze, decided as the dump will decide them.
+fn preload_regions(
+    mappings: &[Mapping],
+    policy: SelectionPolicy,
+    target_memory: &MemoryReader,
+) -> Vec<Region> {
+    mappings
+        .iter()
+        .map(|mapping| Region {
+            decision: decide(mapping, policy, || {
+                let mut magic = [0u8; 4];
+                target_memory
+                    .read(mapping.start, &mut magic, &mut Vec::new())
+                    .is_ok()
+                    && magic == *b"\x7fELF"
+            }),
+            mapping: mapping.clone(),
+            populated: None,
+            read_after_release: false,
+        })
+        .filter(needs_preload)
+        .collect()
+}
+
+/// Refuses a copy that would hold more than a quarter of the memory
+/// available in coresnap for the whole dump.
+fn check_preload_size(regions: &[Region]) -> Result<(), CowError> {
+    let available = meminfo_kb("MemAvailable:").unwrap_or(0) * 1024;
+    let preload: u64 = regions.iter().map(Region::dumped_len).sum();
+    if preload > available / 4 {
+        return Err(CowError::TooMuchSharedMemory { mib: preload >> 20 });
+    }
+    Ok(())
+}
+
+fn preload(regions: &[Region], target_memory: &MemoryReader) -> Result<Vec<Preloaded>, CowError> {
+    let mut preloaded = Vec::new();
+    for region in regions {
+        let mut bytes = vec![0u8; region.dumped_len() as usize];
+        let mut unreadable = Vec::new();
+        target_memory.read(region.mapping.start, &mut bytes, &mut unreadable)?;
+        preloaded.push(Preloaded {
+            start: region.mapping.start,
+            bytes,
+            unreadable,
+        });
+    }
+    Ok(preloaded)
 }
 
 fn kill_and_wait(child: i32, timeout: Duration) {

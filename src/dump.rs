@@ -835,34 +835,7 @@ fn dump_once(
             .unwrap_or(DEFAULT_FILTER),
         all: options.all,
     };
-    let collected = match &hold {
-        Hold::Attached(frozen) => {
-            collect::collect_with_signal(frozen, state_before, policy, &memory, trigger.as_ref())
-        }
-        Hold::Unattached(held) => collect::collect_unattached(held, state_before, policy, &memory),
-    };
-    let mut snapshot = match collected {
-        Ok(snapshot) => snapshot,
-        // A frozen thread leaves its stop only when SIGKILL ends the whole
-        // process; what failed then is only a consequence of that.
-        Err(CollectError::Registers {
-            errno: nix::errno::Errno::ESRCH,
-            ..
-        }) => return Err(DumpError::TargetExited { pid }),
-        Err(_) if info::process_state(pid).is_none_or(|state| matches!(state, 'Z' | 'X')) => {
-            return Err(DumpError::TargetExited { pid });
-        }
-        Err(e) => return Err(e.into()),
-    };
-    memory.avoid_unsharing(
-        snapshot
-            .regions
-            .iter()
-            .map(|r| &r.mapping)
-            .filter(|m| !m.shared && m.anonymous_kb > 0 && m.shared_kb > 0)
-            .map(|m| (m.start, m.end))
-            .collect(),
-    );
+    let signal = trigger.as_ref();
     let freeze_method = hold.method();
     let progress = |done: u64, total: u64| {
         if let Some(p) = &options.progress {
@@ -872,34 +845,65 @@ fn dump_once(
     let mut cow_fallback = options.stop_mode_because.clone();
     let cow_cap = crate::cow::copy_cap(options.cow_max_copy);
     let mut cow_private = 0;
-    let cow = match (options.mode, &hold) {
-        (DumpMode::Stop, _) | (_, Hold::Unattached(_)) => None,
+    // In copy-on-write mode only the threads' registers are read before the
+    // clone is made; the rest of the snapshot comes after the release.
+    let mut cow = None;
+    match (options.mode, &hold) {
+        (DumpMode::Stop, _) | (_, Hold::Unattached(_)) => {}
         // A stopped target stays stopped either way: no pause to shorten.
         (DumpMode::Cow { .. }, _) if hold.was_stopped() => {
             cow_fallback =
                 Some("the target was already stopped, so there is no pause to shorten".to_string());
-            None
         }
         (DumpMode::Cow { fallback }, Hold::Attached(frozen)) => {
+            let threads =
+                collect::capture_threads(frozen, signal).map_err(|e| collect_failed(pid, e))?;
             let prepared = crate::cow::check_budget(pid, cow_cap).and_then(|private| {
                 cow_private = private;
-                CowCopy::prepare(frozen, &snapshot, &memory, options.freeze_timeout)
+                CowCopy::prepare(frozen, policy, &memory, options.freeze_timeout)
             });
             match prepared {
-                Ok(copy) => Some(copy),
-                Err(source) if fallback => {
-                    cow_fallback = Some(source.to_string());
-                    None
-                }
+                Ok(copy) => cow = Some((copy, threads)),
+                Err(source) if fallback => cow_fallback = Some(source.to_string()),
                 Err(source) => return Err(DumpError::Cow { pid, source }),
             }
         }
-    };
+    }
     let left_stopped = hold.was_stopped();
-    // With a clone holding the memory, the target goes free now: building
-    // the manifest (build-ids are read from disk) need not pause it.
+    // With a clone holding the memory, the target goes free now: its
+    // mappings, /proc facts and the manifest (build-ids are read from disk)
+    // need not pause it.
     let mut held = Some(hold);
     let released_early = cow.as_ref().and_then(|_| held.take()).map(Hold::release);
+    let collected = match (&mut cow, &held) {
+        (Some((copy, threads)), _) => copy.mappings().and_then(|mappings| {
+            let threads = std::mem::take(threads);
+            collect::describe(pid, threads, state_before, policy, mappings, copy)
+        }),
+        (None, Some(Hold::Attached(frozen))) => {
+            collect::collect_with_signal(frozen, state_before, policy, &memory, signal)
+        }
+        (None, Some(Hold::Unattached(held))) => {
+            collect::collect_unattached(held, state_before, policy, &memory)
+        }
+        (None, None) => unreachable!("the target is released only with a clone"),
+    };
+    let mut snapshot = collected.map_err(|e| collect_failed(pid, e))?;
+    let cow = cow.map(|(copy, _)| copy);
+    if let Some(copy) = &cow {
+        for region in &mut snapshot.regions {
+            region.read_after_release = copy.read_after_release(region);
+        }
+    }
+    memory.avoid_unsharing(
+        snapshot
+            .regions
+            .iter()
+            .map(|r| &r.mapping)
+            .filter(|m| !m.shared && m.anonymous_kb > 0 && m.shared_kb > 0)
+            .map(|m| (m.start, m.end))
+            .collect(),
+    );
     // The page map is read from whichever process the memory comes from.
     // Regions copied under the freeze (MADV_DONTFORK ones are not even in
     // the clone) are read in full from that copy.
@@ -1066,6 +1070,22 @@ fn dump_once(
         manifest_path: None,
         compressed: None,
     })
+}
+
+/// What a failure to read the snapshot means: a frozen thread leaves its
+/// stop only when SIGKILL ends the whole process, and whatever failed then
+/// is only a consequence of that.
+fn collect_failed(pid: i32, error: CollectError) -> DumpError {
+    match error {
+        CollectError::Registers {
+            errno: nix::errno::Errno::ESRCH,
+            ..
+        } => DumpError::TargetExited { pid },
+        _ if info::process_state(pid).is_none_or(|state| matches!(state, 'Z' | 'X')) => {
+            DumpError::TargetExited { pid }
+        }
+        error => error.into(),
+    }
 }
 
 /// The manifest's name for a mode.

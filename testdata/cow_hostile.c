@@ -1,9 +1,11 @@
 /*
- * cow_hostile MIB MODE: a target for --mode cow's safety checks.
+ * cow_hostile MIB MODE [FILLED_FILE]: a target for --mode cow's safety
+ * checks.
  *
- * MIB MiB of private anonymous memory (MADV_HUGEPAGE, so that filling
- * gigabytes stays fast), word i = 0x4357 << 48 | i, filled by two threads.
- * Then, by MODE:
+ * MIB MiB of private anonymous memory, word i = 0x4357 << 48 | i, filled by
+ * two threads. With FILLED_FILE the ready line comes first and the file is
+ * created once the memory is filled (gigabytes can take longer than the
+ * harness waits for a ready line). Then, by MODE:
  *   idle          every thread blocks
  *   rewrite       a thread writes every word again, with the value it
  *                 already holds, in a loop as fast as it can: each page is
@@ -34,7 +36,9 @@ static size_t words;
 
 struct span { size_t from, to; };
 
-static void *fill(void *arg)
+/* Optimised even in the tests' -O0 build: gigabytes must be ready within
+ * the harness's ready-line timeout. */
+__attribute__((optimize("O2"))) static void *fill(void *arg)
 {
     struct span *s = arg;
     for (size_t i = s->from; i < s->to; i++)
@@ -83,10 +87,17 @@ static void *kill_children(void *arg)
     return NULL;
 }
 
+static void ready(size_t len, const char *mode)
+{
+    printf("ready pid=%d buf=%p buf_len=%zu tag=0x%llx mode=%s\n", (int)getpid(),
+           (void *)buf, len, TAG, mode);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s MIB idle|rewrite|killchildren\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s MIB idle|rewrite|killchildren [FILLED_FILE]\n", argv[0]);
         return 2;
     }
     size_t len = strtoull(argv[1], NULL, 10) << 20;
@@ -105,8 +116,10 @@ int main(int argc, char **argv)
         perror("mmap");
         return 1;
     }
-    madvise(buf, len, MADV_HUGEPAGE);
     words = len / 8;
+    const char *filled = argc == 4 ? argv[3] : NULL;
+    if (filled)
+        ready(len, mode);
     struct span halves[2] = { { 0, words / 2 }, { words / 2, words } };
     pthread_t fillers[2];
     for (int i = 0; i < 2; i++)
@@ -117,9 +130,16 @@ int main(int argc, char **argv)
         pthread_t t;
         pthread_create(&t, NULL, worker, NULL);
     }
-    printf("ready pid=%d buf=%p buf_len=%zu tag=0x%llx mode=%s\n", (int)getpid(),
-           (void *)buf, len, TAG, mode);
-    fflush(stdout);
+    if (filled) {
+        FILE *f = fopen(filled, "w");
+        if (!f) {
+            perror(filled);
+            return 1;
+        }
+        fclose(f);
+    } else {
+        ready(len, mode);
+    }
     for (;;)
         pause();
 }

@@ -259,3 +259,91 @@ fn demo_command_runs() {
         let _ = std::fs::remove_dir_all(dir.trim());
     }
 }
+
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemAvailable:")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("MemAvailable in /proc/meminfo")
+        * 1024
+}
+
+/// The largest process that fits beside its clone's worst case (8 GiB when
+/// the machine has the memory) is dumped in copy-on-write mode without
+/// fallback, and gdb reads its memory pattern from the core.
+#[test]
+fn largest_target_that_fits_dumps_in_cow_mode_without_fallback() {
+    const GIB: u64 = 1 << 30;
+    // The target, as much again should it rewrite everything, and 4 GiB
+    // left for the rest of the machine.
+    let available = mem_available();
+    let mut size = 8 * GIB;
+    while size > GIB && 2 * size + 4 * GIB > available {
+        size /= 2;
+    }
+    if size < 8 * GIB {
+        eprintln!(
+            "note: a {} GiB target instead of 8 GiB: MemAvailable is {} MiB",
+            size / GIB,
+            available >> 20
+        );
+    }
+    let exe = build(Program::CowHostile);
+    let scratch = Scratch::new("cow-largest");
+    let filled = scratch.path().join("filled");
+    let target = Target::spawn(
+        &exe,
+        &[
+            OsStr::new(&(size >> 20).to_string()),
+            OsStr::new("idle"),
+            filled.as_os_str(),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(300), || filled.exists()),
+        "the target did not fill {size} bytes within 5 minutes"
+    );
+    wait_threads_sleeping(target.pid, &[]);
+    let prefix = scratch.path().join("core");
+    let mut cmd = Command::new(Dumper::Coresnap.program());
+    cmd.args(["--mode", "cow", "--no-fallback", "--no-manifest", "-o"])
+        .arg(&prefix)
+        .arg(target.pid.to_string());
+    let result = run_with_timeout(&mut cmd, Duration::from_secs(600), true);
+    assert!(result.success(), "{}", result.describe());
+    assert!(
+        result.stdout.contains("(copy-on-write)") && !result.stdout.contains("stop mode"),
+        "{}",
+        result.stdout
+    );
+    assert_running_untraced(target.pid);
+    let core = std::path::PathBuf::from(format!("{}.{}", prefix.display(), target.pid));
+    assert!(std::fs::metadata(&core).unwrap().len() > size);
+    let buf = target.addr("buf");
+    let tag = parse_hex(target.get("tag")).unwrap();
+    let offsets = [0, size / 2 + 4096, size - 8];
+    let mut commands = vec!["info threads".to_string()];
+    commands.extend(offsets.iter().map(|o| format!("x/1gx {:#x}", buf + o)));
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let (_, sections) = run_gdb_split(&exe, &core, &commands);
+    assert_eq!(
+        parse_info_threads(&sections[0]).len(),
+        thread_ids(target.pid).len(),
+        "{}",
+        sections[0]
+    );
+    for (offset, section) in offsets.iter().zip(&sections[1..]) {
+        assert_eq!(
+            parse_x_words(section),
+            Ok(vec![tag | (offset / 8)]),
+            "word at buf+{offset:#x}"
+        );
+    }
+}

@@ -176,6 +176,7 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
                     core_offset: None,
                     written_bytes: None,
                     hole_bytes: None,
+                    read_after_release: r.read_after_release,
                 }
             })
             .collect(),

@@ -222,6 +222,11 @@ pub struct MappingEntry {
     /// holes in a sparse file. JSON only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hole_bytes: Option<u64>,
+    /// `--mode cow`: the bytes were read after the target was released,
+    /// not as at the freeze (shared memory the target cannot write, whose
+    /// bytes are its file's). Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_after_release: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -516,6 +521,7 @@ mod tests {
                     core_offset: None,
                     written_bytes: None,
                     hole_bytes: None,
+                    read_after_release: false,
                 },
                 MappingEntry {
                     start: Hex(0x1000),
@@ -530,6 +536,7 @@ mod tests {
                     core_offset: Some(0x1000),
                     written_bytes: Some(0x1000),
                     hole_bytes: Some(0x1000),
+                    read_after_release: false,
                 },
             ],
             unreadable: Some(vec![]),

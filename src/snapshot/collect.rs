@@ -5,8 +5,8 @@ use super::{Region, Snapshot, ThreadInfo};
 use crate::arch;
 use crate::process::freeze::FrozenProcess;
 use crate::process::info;
-use crate::process::maps::{self, MapsError};
-use crate::process::memory::MemoryReader;
+use crate::process::maps::{self, Mapping, MapsError};
+use crate::process::memory::{MemoryReader, MemorySource};
 use crate::process::unattached::UnattachedFreeze;
 use crate::sys::pagemap::PageMap;
 use crate::watch::SignalTrigger;
@@ -91,16 +91,35 @@ enum RegisterSource {
 
 fn collect_threads(
     pid: i32,
-    mut tids: Vec<i32>,
+    tids: Vec<i32>,
     source: RegisterSource,
     state_before: u8,
     policy: SelectionPolicy,
     memory: &MemoryReader,
     signal: Option<&SignalTrigger>,
 ) -> Result<Snapshot, CollectError> {
-    let proc_err = |what| move |source| CollectError::Proc { pid, what, source };
-    let process = info::process_info(pid, state_before).map_err(proc_err("status"))?;
+    let threads = capture(pid, tids, source, signal)?;
+    let mappings = read_mappings(pid)?;
+    describe(pid, threads, state_before, policy, mappings, memory)
+}
 
+/// The threads of `frozen` in the order the core lists them, with their
+/// registers: the part of the snapshot that has to be read while the
+/// target is held. [`describe`] completes it.
+pub fn capture_threads(
+    frozen: &FrozenProcess,
+    signal: Option<&SignalTrigger>,
+) -> Result<Vec<ThreadInfo>, CollectError> {
+    let tids: Vec<i32> = frozen.threads().iter().map(|t| t.tid).collect();
+    capture(frozen.pid(), tids, RegisterSource::Ptrace, signal)
+}
+
+fn capture(
+    pid: i32,
+    mut tids: Vec<i32>,
+    source: RegisterSource,
+    signal: Option<&SignalTrigger>,
+) -> Result<Vec<ThreadInfo>, CollectError> {
     // The kernel's order, as gdb -p numbers the threads, except that the
     // thread a signal was for comes first, as in the kernel's own cores.
     // Every thread is held, so the list no longer changes.
@@ -126,27 +145,31 @@ fn collect_threads(
                 &info::thread_syscall(pid, tid).unwrap_or(info::SyscallState::Running),
             ),
         };
-        // A thread can exit between the listing and this read only if it
-        // was never stopped, which the freeze rules out; still, missing
-        // /proc facts only cost timing fields, not the thread.
-        let facts = info::thread_facts(pid, tid).unwrap_or_default();
         threads.push(ThreadInfo {
             tid,
-            tid_inside: info::tid_inside(pid, tid),
+            tid_inside: tid,
             registers,
-            signals_pending: facts.signals_pending,
-            signals_blocked: facts.signals_blocked,
+            signals_pending: 0,
+            signals_blocked: 0,
             current_signal: signal.map_or(0, |s| s.signal),
             siginfo: signal.filter(|s| s.tid == tid).map(|s| s.siginfo),
-            user_time: facts.user_time,
-            system_time: facts.system_time,
-            children_user_time: facts.children_user_time,
-            children_system_time: facts.children_system_time,
+            user_time: Default::default(),
+            system_time: Default::default(),
+            children_user_time: Default::default(),
+            children_system_time: Default::default(),
         });
     }
+    Ok(threads)
+}
 
-    let auxv = info::auxv(pid).map_err(proc_err("auxv"))?;
-    let smaps = info::smaps(pid).map_err(proc_err("smaps"))?;
+/// The mappings of `pid` from its smaps: the target's, or a copy-on-write
+/// clone's, whose mappings are the target's at the instant of the clone.
+pub fn read_mappings(pid: i32) -> Result<Vec<Mapping>, CollectError> {
+    let smaps = info::smaps(pid).map_err(|source| CollectError::Proc {
+        pid,
+        what: "smaps",
+        source,
+    })?;
     let mut mappings =
         maps::parse_smaps(&smaps).map_err(|source| CollectError::Maps { pid, source })?;
     // smaps shows a newline in a file name as `\012` but leaves a literal
@@ -159,6 +182,38 @@ fn collect_threads(
             mapping.name = real;
         }
     }
+    Ok(mappings)
+}
+
+/// Completes the snapshot of `pid` from its captured `threads` and
+/// `mappings`: identity, each thread's signal sets and times, auxv, and
+/// the decision for each mapping (`memory` answers whether a file mapping
+/// starts with an ELF header). None of it changes while the target runs
+/// on, or none that a debugger relies on, so in copy-on-write mode this
+/// happens after the release.
+pub fn describe(
+    pid: i32,
+    mut threads: Vec<ThreadInfo>,
+    state_before: u8,
+    policy: SelectionPolicy,
+    mappings: Vec<Mapping>,
+    memory: &dyn MemorySource,
+) -> Result<Snapshot, CollectError> {
+    let proc_err = |what| move |source| CollectError::Proc { pid, what, source };
+    let process = info::process_info(pid, state_before).map_err(proc_err("status"))?;
+    for thread in &mut threads {
+        // Missing /proc facts (a thread that has exited since) only cost
+        // timing fields and signal sets, not the thread.
+        let facts = info::thread_facts(pid, thread.tid).unwrap_or_default();
+        thread.tid_inside = info::tid_inside(pid, thread.tid);
+        thread.signals_pending = facts.signals_pending;
+        thread.signals_blocked = facts.signals_blocked;
+        thread.user_time = facts.user_time;
+        thread.system_time = facts.system_time;
+        thread.children_user_time = facts.children_user_time;
+        thread.children_system_time = facts.children_system_time;
+    }
+    let auxv = info::auxv(pid).map_err(proc_err("auxv"))?;
     // Without a page map every byte is read; the core is still exact, only
     // slower on sparse processes.
     let regions: Vec<Region> = mappings
@@ -171,6 +226,7 @@ fn collect_threads(
                 mapping,
                 decision,
                 populated: None,
+                read_after_release: false,
             }
         })
         .collect();
@@ -217,7 +273,7 @@ pub fn find_populated(snapshot: &mut Snapshot, pid: i32, read_whole: impl Fn(&Re
     }
 }
 
-fn starts_with_elf_magic(memory: &MemoryReader, addr: u64) -> bool {
+fn starts_with_elf_magic(memory: &dyn MemorySource, addr: u64) -> bool {
     let mut magic = [0u8; 4];
     let mut unreadable = Vec::new();
     memory.read(addr, &mut magic, &mut unreadable).is_ok()

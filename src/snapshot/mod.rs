@@ -43,6 +43,9 @@ pub struct Region {
     /// reads as zeros, so it is neither read nor written. `None`: read the
     /// whole dumped range.
     pub populated: Option<Vec<(u64, u64)>>,
+    /// Read after the target was released (`--mode cow`): shared memory
+    /// the target cannot write, whose bytes are its file's.
+    pub read_after_release: bool,
 }
 
 impl Region {

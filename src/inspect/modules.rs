@@ -13,8 +13,8 @@
 //! vDSO is read from the core itself.
 
 use super::dwarf::DebugInfo;
-use super::local_file;
 use super::elf::CoreFile;
+use super::local_file;
 use super::memory::Memory;
 use super::notes::FileMapping;
 use super::source::ByteSource;

@@ -33,6 +33,7 @@ TOOL_ORDER = [
     "coresnap -o - (to /dev/null)",
 ]
 COMPARED = ["gcore", "elfcore", "kernel"]
+CURVE_TOOLS = ["coresnap", "coresnap-cow", "gcore"]
 OURS = ["coresnap", "coresnap-nomanifest", "coresnap-cow"]
 MIB = 1024 * 1024
 
@@ -251,6 +252,30 @@ def main():
         w("")
     else:
         w("(No coresnap measurement succeeded, so there are no ratios.)")
+        w("")
+
+    curve = [t for t in targets_present if t.startswith("curve-") or t == "threads64"]
+    if curve:
+        w("## Pause against size (`--pause-curve`)")
+        w("")
+        w("The dense target at each size, and the small target with 64 threads, "
+          "dumped with default options. Each cell is the shortest pause over "
+          "the rounds (the longest in brackets), in ms; a size whose target "
+          "would have left less than 4 GiB of MemAvailable was skipped.")
+        w("")
+        w("| Target | " + " | ".join(CURVE_TOOLS) + " |")
+        w("|---|" + "--:|" * len(CURVE_TOOLS))
+        for t in curve:
+            skip = groups.get((t, "(skipped)"))
+            if skip:
+                w(f"| {t} | {skip[0]['note']} |" + " |" * (len(CURVE_TOOLS) - 1))
+                continue
+            cells = []
+            for tool in CURVE_TOOLS:
+                pauses = [num(r["pause_us"]) for r in groups.get((t, tool), [])
+                          if r["status"] == "ok" and num(r["pause_us"]) is not None]
+                cells.append(f"{fmt_ms(min(pauses))} ({fmt_ms(max(pauses))})" if pauses else "–")
+            w(f"| {t} | " + " | ".join(cells) + " |")
         w("")
 
     skipped = []

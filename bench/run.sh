@@ -6,6 +6,8 @@
 # Run from anywhere (paths are taken from this script's location):
 #   bench/run.sh                 full size, 2 rounds, targets a-d
 #   bench/run.sh --python        also the ~1 GB Python heap target (slow to build)
+#   bench/run.sh --pause-curve   also the pause against size (256 MiB .. 12 GiB)
+#                                and a 64-thread target, stop, cow and gcore
 #   bench/run.sh --smoke         tiny sizes, for checking the script itself
 #   bench/run.sh --help          all options
 #
@@ -25,6 +27,11 @@ usage: bench/run.sh [options]
   --targets LIST       comma list from: sparse,dense,maps,small,reservation,python
                        (default: sparse,dense,maps,small,reservation)
   --python             add the python target to the list
+  --pause-curve        add the pause-versus-size curve: the dense target at each
+                       of CURVE_SIZES and a 64-thread target (small, 64 threads,
+                       THREADS64_SIZE), dumped by gcore, coresnap and coresnap
+                       --mode cow with default options; a size whose target would
+                       leave less than 4 GiB of MemAvailable is skipped with a note
   --tools LIST         comma list from: gcore,coresnap,coresnap-nomanifest,coresnap-cow,
                        elfcore,kernel,stream,triage,
                        coresnap-zN (coresnap --compress=N, any zstd level N)
@@ -54,6 +61,7 @@ neither.
 Sizes can be overridden with environment variables (full-size defaults):
   SPARSE_RESERVE=4G SPARSE_STRIDE=4M SPARSE_DENSE=64M DENSE_SIZE=2G
   MAPS_COUNT=30000 MAPS_PAGES=4 SMALL_THREADS=8 SMALL_SIZE=56M PY_SIZE=1G
+  CURVE_SIZES=256M,512M,1G,2G,4G,8G,12G THREADS64_SIZE=2G (--pause-curve)
   RES_RESERVE=1T RES_STRIDE=1G (the reservation target: one page touched per
   stride; gcore and elfcore get one round with RES_TIMEOUT=60 s, the kernel
   RES_KERNEL_ROUNDS=1, since they write every byte of the reservation)
@@ -64,6 +72,7 @@ EOF
 ROUNDS=2
 TARGETS=sparse,dense,maps,small,reservation
 WANT_PYTHON=0
+PAUSE_CURVE=0
 TOOLS=gcore,coresnap,coresnap-nomanifest,coresnap-cow,elfcore,kernel,stream,triage,coresnap-z1,coresnap-z3
 ARGS="$*"
 TIMEOUT=300
@@ -79,6 +88,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS=$2; shift ;;
         --targets) TARGETS=$2; shift ;;
         --python) WANT_PYTHON=1 ;;
+        --pause-curve) PAUSE_CURVE=1 ;;
         --tools) TOOLS=$2; shift ;;
         --timeout) TIMEOUT=$2; shift ;;
         --workdir) WORKPARENT=$2; shift ;;
@@ -99,7 +109,17 @@ if [ "$SMOKE" = 1 ]; then
     : "${DENSE_SIZE:=64M}" "${MAPS_COUNT:=2000}" "${MAPS_PAGES:=4}"
     : "${SMALL_THREADS:=8}" "${SMALL_SIZE:=16M}" "${PY_SIZE:=64M}"
     : "${RES_RESERVE:=16G}" "${RES_STRIDE:=1G}" "${RES_TIMEOUT:=20}"
+    : "${CURVE_SIZES:=16M,32M}" "${THREADS64_SIZE:=16M}"
 fi
+: "${CURVE_SIZES:=256M,512M,1G,2G,4G,8G,12G}" "${THREADS64_SIZE:=2G}"
+if [ "$PAUSE_CURVE" = 1 ]; then
+    IFS=, read -r -a _sizes <<< "$CURVE_SIZES"
+    for size in "${_sizes[@]}"; do TARGETS+=",curve-$size"; done
+    TARGETS+=",threads64"
+fi
+# The curve's targets are dumped by these tools only, with default options.
+CURVE_TOOLS=(gcore coresnap coresnap-cow)
+is_curve_target() { [[ $1 == curve-* || $1 == threads64 ]]; }
 : "${SPARSE_RESERVE:=4G}" "${SPARSE_STRIDE:=4M}" "${SPARSE_DENSE:=64M}"
 : "${DENSE_SIZE:=2G}" "${MAPS_COUNT:=30000}" "${MAPS_PAGES:=4}"
 : "${SMALL_THREADS:=8}" "${SMALL_SIZE:=56M}" "${PY_SIZE:=1G}"
@@ -291,6 +311,8 @@ target_cmd() { # NAME REPORTFILE -> prints nothing, sets CMD array
         small) CMD=("$BIN/small" "$2" "$SMALL_THREADS" "$SMALL_SIZE") ;;
         reservation) CMD=("$BIN/sparse" "$2" "$RES_RESERVE" "$RES_STRIDE" 0) ;;
         python) CMD=("$PYTHON" "$BENCH/targets/pyheap.py" "$2" "$PY_SIZE") ;;
+        curve-*) CMD=("$BIN/dense" "$2" "${1#curve-}") ;;
+        threads64) CMD=("$BIN/small" "$2" 64 "$THREADS64_SIZE") ;;
         *) echo "unknown target $1" >&2; exit 2 ;;
     esac
 }
@@ -616,7 +638,7 @@ machine_info() {
         echo "| Command | \`bench/run.sh $ARGS\` |"
         echo "| Load average at start | $(cut -d' ' -f1-3 /proc/loadavg) |"
         echo "| Rounds | $ROUNDS (best reported), per-dump timeout ${TIMEOUT}s |"
-        echo "| Sizes | sparse $SPARSE_RESERVE reserved, 1 page per $SPARSE_STRIDE + $SPARSE_DENSE dense; dense $DENSE_SIZE; maps $MAPS_COUNT x $MAPS_PAGES pages; small $SMALL_THREADS threads $SMALL_SIZE; python $PY_SIZE; reservation $RES_RESERVE reserved, 1 page per $RES_STRIDE |"
+        echo "| Sizes | sparse $SPARSE_RESERVE reserved, 1 page per $SPARSE_STRIDE + $SPARSE_DENSE dense; dense $DENSE_SIZE; maps $MAPS_COUNT x $MAPS_PAGES pages; small $SMALL_THREADS threads $SMALL_SIZE; python $PY_SIZE; reservation $RES_RESERVE reserved, 1 page per $RES_STRIDE$([ "$PAUSE_CURVE" = 1 ] && echo "; pause curve: dense at $CURVE_SIZES, 64 threads with $THREADS64_SIZE") |"
     } > "$MACHINE"
 }
 machine_info
@@ -628,6 +650,18 @@ IFS=, read -r -a TARGET_LIST <<< "$TARGETS"
 log "work dir $WORK; targets: ${TARGET_LIST[*]}; rounds: $ROUNDS"
 for target in "${TARGET_LIST[@]}"; do
     log "=== target $target"
+    if is_curve_target "$target"; then
+        size=${target#curve-}
+        [ "$target" = threads64 ] && size=$THREADS64_SIZE
+        need_kib=$(( ($(numfmt --from=iec "$size") >> 10) + (4 << 20) ))
+        avail_kib=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+        if [ "$avail_kib" -lt "$need_kib" ]; then
+            note="skipped: a $size target would leave less than 4 GiB of MemAvailable ($((avail_kib >> 10)) MiB)"
+            row "$target" "(skipped)" 0 SKIP "" "" "" "" "$note"
+            log "$note"
+            continue
+        fi
+    fi
     start_target "$target" 0
     pid=$T_PID rep=$T_REP
     DESC[$target]=$T_DESC
@@ -639,10 +673,12 @@ for target in "${TARGET_LIST[@]}"; do
     sleep 1
     idle=$(hb_request "$pid" "$rep" USR2)
     row "$target" "(no dump, 1 s idle)" 0 ok "" "" "" "$idle" ""
+    tools=("${BASE_TOOLS[@]}")
+    is_curve_target "$target" && tools=("${CURVE_TOOLS[@]}")
     for ((round = 1; round <= ROUNDS; round++)); do
-        order=("${BASE_TOOLS[@]}")
+        order=("${tools[@]}")
         if ((round % 2 == 0)); then   # alternate the order between rounds
-            order=(); for ((i = ${#BASE_TOOLS[@]} - 1; i >= 0; i--)); do order+=("${BASE_TOOLS[i]}"); done
+            order=(); for ((i = ${#tools[@]} - 1; i >= 0; i--)); do order+=("${tools[i]}"); done
         fi
         for tool in "${order[@]}"; do
             [ -n "${SKIP[$tool]:-}" ] && continue
@@ -653,6 +689,7 @@ for target in "${TARGET_LIST[@]}"; do
             fi
             measure_attach_tool "$target" "$tool" "$round" "$pid" "$rep"
         done
+        is_curve_target "$target" && continue
         measure_floor "$target" "$round"
         if [ "$target" = dense ] && [ -z "${SKIP[stream]:-}" ]; then
             measure_stream "$target" "$round" "$pid" "$rep" pipe
@@ -679,7 +716,7 @@ for target in "${TARGET_LIST[@]}"; do
         fi
     fi
     stop_target "$pid"
-    if [ -z "${SKIP[kernel]:-}" ]; then
+    if [ -z "${SKIP[kernel]:-}" ] && ! is_curve_target "$target"; then
         kernel_rounds=$ROUNDS
         [ "$target" = reservation ] && kernel_rounds=$RES_KERNEL_ROUNDS
         for ((round = 1; round <= kernel_rounds; round++)); do

@@ -817,3 +817,123 @@ fn redis_server_in_gdb_lldb_and_eu_stack() {
     };
     dump_and_read_in_debuggers("redis-server", pid, &scratch, &known, &mut answering);
 }
+
+// ---------------------------------------------------------------------------
+// A Go program in coresnap inspect
+// ---------------------------------------------------------------------------
+
+/// What `go tool buildid FILE` prints: the build id Go's linker wrote.
+fn go_build_id(exe: &Path) -> String {
+    let mut cmd = Command::new("go");
+    cmd.args(["tool", "buildid"])
+        .arg(exe)
+        .env("GOCACHE", build_cache().join("go-build"));
+    let res = run_with_timeout(&mut cmd, COMPILE_TIMEOUT, false);
+    assert!(res.success(), "go tool buildid:\n{}", res.describe());
+    res.stdout.trim().to_string()
+}
+
+/// Function names of each thread's backtrace in `coresnap inspect
+/// --backtrace --json`, by tid; a frame it could not name is `??`.
+fn inspect_stacks(report: &serde_json::Value) -> Stacks {
+    report["threads"]
+        .as_array()
+        .expect("threads in the report")
+        .iter()
+        .map(|thread| {
+            let frames = thread["backtrace"]["frames"].as_array().cloned();
+            let names = frames
+                .unwrap_or_default()
+                .iter()
+                .map(|f| f["function"].as_str().unwrap_or("??").to_string())
+                .collect();
+            (thread["tid"].as_i64().expect("tid") as i32, names)
+        })
+        .collect()
+}
+
+/// A Go server's core: inspect identifies the executable by its Go build
+/// id (the one `go tool buildid` reports), uses it, and names each thread's
+/// frames as gdb does: the innermost alike, and every frame it names is one
+/// gdb shows, in the same order (gdb also shows inlined calls, which
+/// inspect leaves to `--debug-info`). The thread running the spinning
+/// goroutine is in main.spin.
+#[test]
+fn go_server_core_is_named_by_inspect_as_by_gdb() {
+    require!(
+        ptrace_access(),
+        program("go", "version", "golang-go"),
+        program("gdb", "--version", "gdb"),
+    );
+    let scratch = Scratch::new("real-go-inspect");
+    let exe = build_go_server(&scratch);
+    let target = Target::spawn(&exe, &[]);
+    let pid = target.pid;
+    let core = dump(Dumper::Coresnap, pid, scratch.path(), &[]);
+    assert_running_untraced(pid);
+
+    let mut cmd = Command::new(Dumper::Coresnap.program());
+    cmd.args(["inspect", "--backtrace", "--json"]).arg(&core);
+    let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, false);
+    assert!(res.success(), "coresnap inspect:\n{}", res.describe());
+    let report: serde_json::Value =
+        serde_json::from_str(&res.stdout).expect("inspect --json prints JSON");
+    let module = report["modules"]
+        .as_array()
+        .expect("modules in the report")
+        .iter()
+        .find(|m| m["path"].as_str() == exe.to_str())
+        .unwrap_or_else(|| panic!("no module for {}:\n{}", exe.display(), res.stdout));
+    assert_eq!(
+        module["build_id"].as_str(),
+        Some(&*go_build_id(&exe)),
+        "{module}"
+    );
+    assert_eq!(module["build_id_kind"], "go", "{module}");
+    assert_eq!(module["status"], "used", "{module}");
+
+    let ours = inspect_stacks(&report);
+    let gdb = gdb_stacks(&exe, &core);
+    assert_eq!(
+        ours.keys().collect::<Vec<_>>(),
+        gdb.keys().collect::<Vec<_>>(),
+        "threads in inspect and in gdb"
+    );
+    for (tid, functions) in &ours {
+        let theirs = &gdb[tid];
+        // As bt_functions reads gdb's lines: up to a parenthesis
+        // (`runtime/cgo(.text)`).
+        let named: Vec<&str> = functions
+            .iter()
+            .filter(|f| *f != "??")
+            .map(|f| f.split('(').next().unwrap_or(f))
+            .collect();
+        let describe = || {
+            format!(
+                "thread {tid}\n  inspect: {}\n  gdb:     {}",
+                functions.join(" < "),
+                theirs.join(" < ")
+            )
+        };
+        let innermost = functions.first().map(|f| f.split('(').next().unwrap_or(f));
+        assert_eq!(
+            innermost,
+            theirs.first().map(String::as_str),
+            "{}",
+            describe()
+        );
+        assert!(named.len() >= 2, "{}", describe());
+        let mut in_gdb = theirs.iter();
+        assert!(
+            named.iter().all(|f| in_gdb.any(|g| g == f)),
+            "a frame inspect names is not in gdb's backtrace, or not in its order: {}",
+            describe()
+        );
+    }
+    assert!(
+        ours.values()
+            .any(|functions| functions.iter().any(|f| f == "main.spin")),
+        "no thread in main.spin:\n{}",
+        describe_stacks(&ours)
+    );
+}

@@ -186,9 +186,57 @@ pub struct CopyCost {
     pub duplicated: u64,
 }
 
-/// The cap on the copy's cost: `max_copy`, or half of the memory available.
-pub fn copy_cap(max_copy: Option<u64>) -> u64 {
-    max_copy.unwrap_or_else(|| meminfo_kb("MemAvailable:").unwrap_or(0) * 1024 / 2)
+/// The cap on the copy's cost: `max_copy`, or half of the memory available
+/// to the target: the machine's `MemAvailable`, or less if the target's
+/// memory cgroup (where its clone is too) has less room left.
+pub fn copy_cap(pid: i32, max_copy: Option<u64>) -> u64 {
+    max_copy.unwrap_or_else(|| {
+        let machine = meminfo_kb("MemAvailable:").unwrap_or(0) * 1024;
+        machine.min(cgroup_room(pid).unwrap_or(u64::MAX)) / 2
+    })
+}
+
+/// The least room left under a memory limit of `pid`'s cgroup or of any
+/// cgroup above it (cgroup v2 `memory.max`, or v1 `memory.limit_in_bytes`).
+fn cgroup_room(pid: i32) -> Option<u64> {
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (root, mut path, limit, usage) = match membership.lines().find_map(|l| {
+        let (_, rest) = l.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        controllers.split(',').any(|c| c == "memory").then_some(path)
+    }) {
+        Some(path) => (
+            "/sys/fs/cgroup/memory",
+            path,
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+        ),
+        None => (
+            "/sys/fs/cgroup",
+            membership.lines().find_map(|l| l.strip_prefix("0::"))?,
+            "memory.max",
+            "memory.current",
+        ),
+    };
+    let number = |dir: &str, file: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("{root}{dir}/{file}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mut room: Option<u64> = None;
+    loop {
+        let dir = path.trim_end_matches('/');
+        if let (Some(limit), Some(usage)) = (number(dir, limit), number(dir, usage)) {
+            let left = limit.saturating_sub(usage);
+            room = Some(room.map_or(left, |r| r.min(left)));
+        }
+        match dir.rsplit_once('/') {
+            Some((parent, _)) => path = parent,
+            None => return room,
+        }
+    }
 }
 
 /// A kernel setting under which the out-of-memory killer does not pick the

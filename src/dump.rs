@@ -843,7 +843,7 @@ fn dump_once(
         }
     };
     let mut cow_fallback = options.stop_mode_because.clone();
-    let cow_cap = crate::cow::copy_cap(options.cow_max_copy);
+    let cow_cap = crate::cow::copy_cap(pid, options.cow_max_copy);
     let mut cow_private = 0;
     // In copy-on-write mode only the threads' registers are read before the
     // clone is made; the rest of the snapshot comes after the release.

@@ -493,6 +493,20 @@ fn replaced_executable_is_not_used() {
             }
         }
     }
+    // Nor what the file on disk is instead (docs/SECURITY.md).
+    let data = fs::read(&exe).unwrap();
+    let disk_id = object::File::parse(&*data)
+        .ok()
+        .and_then(|o| object::Object::build_id(&o).ok().flatten())
+        .map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .expect("the replacement has a build-id");
+    let text = coresnap(&["inspect".as_ref(), core.as_os_str()]);
+    for output in [report.to_string(), text.stdout, text.stderr] {
+        assert!(
+            !output.contains(&disk_id),
+            "the replacement's build-id {disk_id} is reported:\n{output}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

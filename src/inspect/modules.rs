@@ -100,7 +100,9 @@ pub struct ModuleInfo {
     pub build_id_kind: Option<&'static str>,
     /// Where that build id came from: `elf-header-page` or `coresnap-note`.
     pub build_id_from: Option<String>,
-    /// Build id of the file on disk (of the kind checked), when it was read.
+    /// Build id of the file on disk (of the kind checked), when it was
+    /// read and matches or was used unchecked; never that of a file that
+    /// does not match.
     pub disk_build_id: Option<String>,
     /// Every build id the core records for the file.
     #[serde(skip)]
@@ -494,10 +496,14 @@ fn load_from_disk(
         IdCheck::Same => {}
         IdCheck::Different => {
             info.status = FileStatus::BuildIdMismatch;
+            // Asked whether this is the file that was mapped, the answer is
+            // no; what the file is instead is not reported: a forged core
+            // could name any ELF file of this machine to learn its build-id
+            // from a report that is shared (docs/SECURITY.md).
+            info.disk_build_id = None;
             warnings.push(format!(
-                "{}: the file on disk has build id {}, the core records {core_id}: not used for unwinding or names",
-                info.path,
-                info.disk_build_id.as_deref().unwrap_or("?")
+                "{}: the file on disk has another build-id than the one the core records ({core_id}): not used for unwinding or names",
+                info.path
             ));
             return None;
         }

@@ -4,8 +4,10 @@
 
 use crate::inspect::elf::{PT_LOAD, PT_NOTE};
 
-/// Largest header block accepted (program headers plus notes).
-const MAX_HEADERS: u64 = 1 << 30;
+/// Largest header block accepted (ELF header, program headers and notes,
+/// from the start of the core): what verify holds in memory at most for
+/// them. A core of 200,000 mappings and 10,000 threads needs about 60 MiB.
+pub const MAX_HEADERS: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProgramHeader {

@@ -74,6 +74,11 @@ impl Prefix {
         let mut data = data;
         while self.headers.is_none() && !data.is_empty() {
             let n = self.want.saturating_sub(self.bytes.len()).min(data.len());
+            // Exactly what is asked for: the headers' own size may be up to
+            // elfscan's limit, and doubling would reserve twice that.
+            if self.bytes.capacity() < self.want {
+                self.bytes.reserve_exact(self.want - self.bytes.len());
+            }
             self.bytes.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.bytes.len() < self.want {
@@ -228,6 +233,20 @@ pub fn scan_elf(
     })
 }
 
+/// A reader that hashes what it reads into a hasher it borrows.
+struct HashingRead<'a, R: Read> {
+    inner: R,
+    hasher: &'a mut StreamHasher,
+}
+
+impl<R: Read> Read for HashingRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// A reader that hashes what it reads.
 struct HashRead<R: Read> {
     inner: R,
@@ -297,6 +316,34 @@ fn scan_frames(
     };
     for index in 0..core.frames() {
         check_cancel(cancel)?;
+        if !core.frame_is_small(index) {
+            // Streamed: never held whole, whatever the seek table claims.
+            let mut raw = HashingRead {
+                inner: core
+                    .compressed_reader(index)
+                    .map_err(|e| ScanError::Io(as_io(e)))?,
+                hasher: &mut file_hasher,
+            };
+            if decode_error.is_none() {
+                let streamed = core.stream_frame(index, &mut raw, |_, piece| {
+                    core_hasher.update(piece);
+                    prefix.take(piece);
+                    check_cancel(cancel).map_err(|_| super::ArchiveError::Interrupted {
+                        signal: cancel.signal().unwrap_or(0),
+                    })
+                });
+                match streamed {
+                    Ok(_) => {}
+                    Err(super::ArchiveError::Interrupted { signal }) => {
+                        return Err(ScanError::Interrupted(signal));
+                    }
+                    Err(e) => decode_error = Some(as_io(e)),
+                }
+            }
+            // The file's hash covers the bytes the decoder did not read.
+            io::copy(&mut raw, &mut io::sink()).map_err(ScanError::Io)?;
+            continue;
+        }
         let (start, len) = core
             .compressed_range(index)
             .map_err(|e| ScanError::Io(as_io(e)))?;

@@ -352,12 +352,36 @@ fn read_head(file: &mut File, head: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Largest manifest read. Parsing JSON takes several times its size in
+/// memory (docs/SECURITY.md gives the measured peak); a real manifest is
+/// about 300 bytes per mapping, some 20 MiB for a process at the default
+/// limit of 65,530 mappings.
+pub const MAX_MANIFEST: u64 = 32 << 20;
+
+/// The bytes of `path` if it holds at most `limit` (`None` if more; only
+/// `limit + 1` bytes are ever read, whatever the file is).
+fn read_limited(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = File::open(path)?;
+    let mut text = Vec::new();
+    file.take(limit + 1).read_to_end(&mut text)?;
+    Ok((text.len() as u64 <= limit).then_some(text))
+}
+
 fn load_manifest(
     path: &Path,
     report: &mut VerifyReport,
 ) -> (Option<Manifest>, Option<serde_json::Value>, Option<Vec<u8>>) {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
+    let text = match read_limited(path, MAX_MANIFEST) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            report.fail(format!(
+                "manifest {}: larger than the {} MiB coresnap reads (a manifest lists about 300 bytes per mapping); not read",
+                path.display(),
+                MAX_MANIFEST >> 20
+            ));
+            return (None, None, None);
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             report.fail(format!(
                 "manifest: none at {} (coresnap writes <core file>.json next to the core; give --manifest PATH if it is elsewhere)",

@@ -37,7 +37,16 @@ pub enum ExtractError {
     Read { offset: u64, source: io::Error },
     #[error("writing to standard output: {0}")]
     Stdout(io::Error),
+    #[error(
+        "the core has {count} segments with data, more files than extract --raw creates ({limit}); nothing was written: copy the ranges you need with --addr and --len"
+    )]
+    TooManyFiles { count: usize, limit: usize },
 }
+
+/// Most files `extract --raw` creates (one per segment with data): a core
+/// can list any number of segments, one byte each. Real processes have at
+/// most `vm.max_map_count` mappings, 65,530 by default.
+pub const MAX_RAW_FILES: usize = 100_000;
 
 /// One file written by [`raw`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +71,16 @@ pub fn raw<S: ByteSource>(
     dir: &Path,
     force: bool,
 ) -> Result<Vec<RawFile>, ExtractError> {
+    let count = core
+        .loads()
+        .filter(|seg| core.present(seg).min(seg.memsz) > 0)
+        .count();
+    if count > MAX_RAW_FILES {
+        return Err(ExtractError::TooManyFiles {
+            count,
+            limit: MAX_RAW_FILES,
+        });
+    }
     let out_dir = OutputDir::create_or_open(dir)?;
     if !out_dir.created() && !force && !out_dir.is_empty()? {
         return Err(ExtractError::NotEmpty {

@@ -183,9 +183,16 @@ pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Frames kept decompressed (4 MiB each for coresnap's files).
 const CACHE_FRAMES: usize = 8;
-/// Largest frame accepted: the seek table of a damaged file must not make
-/// us allocate gigabytes.
-const MAX_FRAME: u64 = 256 << 20;
+/// Largest frame accepted, compressed or not: a frame is decoded from its
+/// start into a buffer of its size, so the seek table of a hostile file
+/// must not make that buffer large (coresnap writes 4 MiB frames).
+pub const MAX_FRAME: u64 = crate::archive::reader::WHOLE_FRAME_LIMIT;
+/// Bytes the cache of frames may hold in all, counting each frame's
+/// uncompressed size and the compressed bytes read for it: with
+/// [`MAX_FRAME`] (16 MiB: a frame costs at most 48 MiB while decoded), a
+/// `.zst` never costs inspect or extract more than this (plus the seek
+/// table, 8 to 12 bytes a frame of the file).
+pub const CACHE_BYTES: u64 = 64 << 20;
 
 /// A `.zst` core in the seekable format: only the frames that hold the
 /// bytes asked for are decompressed, each only as far as the bytes asked
@@ -227,6 +234,30 @@ struct PartialFrame {
 
 use crate::archive::reader::seek_table_len;
 
+/// A decoder that refuses frames asking for a window above
+/// 2^[`crate::archive::reader::WINDOW_LOG_MAX`] bytes.
+fn bounded_decoder() -> io::Result<zstd::stream::raw::Decoder<'static>> {
+    let mut decoder = zstd::stream::raw::Decoder::new()?;
+    decoder.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+        crate::archive::reader::WINDOW_LOG_MAX,
+    ))?;
+    Ok(decoder)
+}
+
+impl PartialFrame {
+    /// What the frame may come to hold: its buffer, its compressed bytes,
+    /// and while it is being decoded the decoder's window (at most the
+    /// frame's size again).
+    fn cost(&self) -> u64 {
+        let window = if self.decoder.is_some() {
+            self.bytes.len() as u64
+        } else {
+            0
+        };
+        self.bytes.len() as u64 + window + self.compressed_len as u64
+    }
+}
+
 impl ZstdSource {
     /// Opens a seekable `.zst`; fails when it has no valid seek table or the
     /// table does not add up to the file's length.
@@ -245,9 +276,11 @@ impl ZstdSource {
         for index in 0..table.num_frames() {
             let start = table.frame_start_decomp(index).map_err(|e| e.to_string())?;
             let len = table.frame_size_decomp(index).map_err(|e| e.to_string())?;
-            if len > MAX_FRAME {
+            let compressed = table.frame_size_comp(index).map_err(|e| e.to_string())?;
+            if len > MAX_FRAME || compressed > MAX_FRAME {
                 return Err(format!(
-                    "the seek table's frame {index} claims {len} bytes uncompressed, more than {MAX_FRAME}"
+                    "the seek table's frame {index} claims {len} bytes ({compressed} compressed), more than the {} MiB coresnap decodes in one frame",
+                    MAX_FRAME >> 20
                 ));
             }
             starts.push(start);
@@ -279,7 +312,12 @@ impl ZstdSource {
             Some(pos) => pos,
             None => {
                 let frame = self.start_frame(index)?;
-                if cache.len() >= CACHE_FRAMES {
+                // Least recently used first.
+                while !cache.is_empty()
+                    && (cache.len() >= CACHE_FRAMES
+                        || cache.iter().map(PartialFrame::cost).sum::<u64>() + frame.cost()
+                            > CACHE_BYTES)
+                {
                     cache.remove(0);
                 }
                 cache.push(frame);
@@ -324,7 +362,7 @@ impl ZstdSource {
             .table
             .frame_size_decomp(index)
             .map_err(|e| corrupt(e.to_string()))?;
-        if c_len > MAX_FRAME * 2 {
+        if c_len > MAX_FRAME || d_len > MAX_FRAME {
             return Err(corrupt(format!(
                 "frame {index} claims {c_len} compressed bytes"
             )));
@@ -340,7 +378,7 @@ impl ZstdSource {
             consumed: 0,
             compressed_start: c_start,
             compressed_len: c_len as usize,
-            decoder: Some(zstd::stream::raw::Decoder::new()?),
+            decoder: Some(bounded_decoder()?),
         })
     }
 

@@ -405,7 +405,7 @@ impl CowCopy {
                     Some(mappings) => {
                         let regions = preload_regions(mappings, policy, target_memory);
                         check_preload_size(&regions)?;
-                        preload(&regions, target_memory)?
+                        preload(&regions, target_memory, &child_memory)?
                     }
                     None => Vec::new(),
                 };
@@ -659,6 +659,7 @@ fn preload_regions(
 ) -> Vec<Region> {
     mappings
         .iter()
+        .filter(|m| m.shared || m.has_vm_flag(b"dc") || m.has_vm_flag(b"wf"))
         .map(|mapping| Region {
             decision: decide(mapping, policy, || {
                 let mut magic = [0u8; 4];
@@ -686,12 +687,24 @@ fn check_preload_size(regions: &[Region]) -> Result<(), CowError> {
     Ok(())
 }
 
-fn preload(regions: &[Region], target_memory: &MemoryReader) -> Result<Vec<Preloaded>, CowError> {
+/// Reads `regions` while the target is still frozen. Shared memory is read
+/// through the clone, which maps the same pages: reading it through the
+/// target would map every page it reads into the target's page tables,
+/// where its smaps would count them ever after. MADV_DONTFORK and
+/// MADV_WIPEONFORK regions, which the clone lacks, come from the target.
+fn preload(
+    regions: &[Region],
+    target_memory: &MemoryReader,
+    child_memory: &MemoryReader,
+) -> Result<Vec<Preloaded>, CowError> {
     let mut preloaded = Vec::new();
     for region in regions {
+        let m = &region.mapping;
+        let in_clone = m.shared && !m.has_vm_flag(b"dc");
+        let source = if in_clone { child_memory } else { target_memory };
         let mut bytes = vec![0u8; region.dumped_len() as usize];
         let mut unreadable = Vec::new();
-        target_memory.read(region.mapping.start, &mut bytes, &mut unreadable)?;
+        source.read(region.mapping.start, &mut bytes, &mut unreadable)?;
         preloaded.push(Preloaded {
             start: region.mapping.start,
             bytes,

@@ -553,3 +553,134 @@ fn running_out_of_memory_during_the_copy_kills_the_clone_not_the_target() {
     assert_loads_in_gdb(target.pid, &core, &thread_ids(target.pid));
     assert_pattern_in_core(&target, &core);
 }
+
+/// What a dump could leave in the target's memory, mapping by mapping: the
+/// smaps header (range, permissions, file) with its `Anonymous` and
+/// `Private_Dirty` counters. A page the target never wrote that became a
+/// private copy shows in both.
+fn memory_counters(pid: i32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let header = |line: &str| {
+        line.split(' ')
+            .next()
+            .is_some_and(|range| range.contains('-') && !range.contains(':'))
+    };
+    smaps
+        .lines()
+        .filter(|l| header(l) || l.starts_with("Anonymous:") || l.starts_with("Private_Dirty:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The bytes of every readable code mapping of `pid`, by its maps line.
+fn code_bytes(pid: i32) -> Vec<(String, Vec<u8>)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    maps.lines()
+        .filter(|l| {
+            let perms = l.split_whitespace().nth(1).unwrap_or("");
+            perms.starts_with("r-x") && !l.ends_with("[vsyscall]")
+        })
+        .map(|l| {
+            let range = l.split_whitespace().next().unwrap();
+            let (start, end) = range.split_once('-').unwrap();
+            let start = u64::from_str_radix(start, 16).unwrap();
+            let end = u64::from_str_radix(end, 16).unwrap();
+            let mut bytes = vec![0u8; (end - start) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&mem, &mut bytes, start).unwrap();
+            (l.to_string(), bytes)
+        })
+        .collect()
+}
+
+/// A copy-on-write dump leaves no trace in the target: every mapping's
+/// `Anonymous` and `Private_Dirty` are what they were, and every code
+/// mapping holds the same bytes, after two dumps (the clone is made without
+/// writing a byte of the target; a page written for it would stay a
+/// private copy, and the second dump would take the whole code mapping).
+/// Shared memory the target cannot write (a file opened read-only) is read
+/// after the release and the manifest says so; shared memory it can write,
+/// even through mprotect, is read under the freeze. Both hold their bytes.
+#[test]
+fn a_cow_dump_leaves_no_trace_in_the_target() {
+    let scratch = Scratch::new("cow-no-trace");
+    let files = scratch.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let target = Target::spawn(&build(Program::CowQuiet), &[files.as_os_str()]);
+    wait_threads_sleeping(target.pid, &[]);
+    let counters = memory_counters(target.pid);
+    let code = code_bytes(target.pid);
+    let mut manifests = Vec::new();
+    for round in 0..2 {
+        let core = dump(
+            Dumper::Coresnap,
+            target.pid,
+            scratch.path(),
+            &["--mode", "cow", "--no-fallback", "--filter", "0x3f"],
+        );
+        assert_running_untraced(target.pid);
+        assert!(
+            children_of(target.pid).is_empty(),
+            "children left: {:?}",
+            children_of(target.pid)
+        );
+        let after = memory_counters(target.pid);
+        assert!(
+            after == counters,
+            "smaps counters changed by cow dump {}:\n{}",
+            round + 1,
+            diff_lines("before", &counters, "after", &after)
+        );
+        for ((line, bytes), (line_after, bytes_after)) in code.iter().zip(code_bytes(target.pid)) {
+            assert_eq!(line, &line_after, "code mappings changed");
+            assert!(bytes == &bytes_after, "the bytes of {line} changed");
+        }
+        let out = run_gdb(
+            &target.exe,
+            &core,
+            &[
+                &format!("x/2gx {}", target.get("heap")),
+                &format!("x/2gx {}", target.get("shanon")),
+                &format!("x/2gx {}", target.get("rofile")),
+                &format!("x/2gx {}", target.get("rwfile")),
+            ],
+        );
+        let words: Vec<u64> = out
+            .lines()
+            .filter(|l| l.starts_with("0x"))
+            .map(|l| parse_x_words(l).unwrap()[1])
+            .collect();
+        assert_eq!(
+            words,
+            [0x4845, 0x5348, 0x524f, 0x5257].map(|tag: u64| (tag << 48) | 1),
+            "second word of heap, shanon, rofile, rwfile in the core:\n{out}"
+        );
+        manifests.push(manifest_of(&core));
+    }
+    let entry = |manifest: &serde_json::Value, name: &str| {
+        let addr = target.addr(name);
+        let hex = |v: &serde_json::Value| parse_hex(v.as_str().unwrap()).unwrap();
+        manifest["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| hex(&m["start"]) <= addr && addr < hex(&m["end"]))
+            .unwrap_or_else(|| panic!("no mapping holds {addr:#x} ({name})"))
+            .clone()
+    };
+    let read_late = |addr| entry(&manifests[0], addr)["read_after_release"] == true;
+    assert!(read_late("rofile"), "{}", entry(&manifests[0], "rofile"));
+    for addr in ["heap", "shanon", "rwfile"] {
+        assert!(!read_late(addr), "{}", entry(&manifests[0], addr));
+    }
+    // The same mappings, each decided the same way, dump after dump.
+    let decisions = |manifest: &serde_json::Value| -> Vec<String> {
+        manifest["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{} {} {}", m["start"], m["decision"], m["dumped_bytes"]))
+            .collect()
+    };
+    assert_eq!(decisions(&manifests[0]), decisions(&manifests[1]));
+}

@@ -356,6 +356,8 @@ pub enum Program {
     Reservation,
     /// `cow_hostile.c` as a PIE.
     CowHostile,
+    /// `cow_quiet.c` as a PIE.
+    CowQuiet,
 }
 
 impl Program {
@@ -375,6 +377,7 @@ impl Program {
             Program::Forked => "forked",
             Program::Reservation => "reservation",
             Program::CowHostile => "cow_hostile",
+            Program::CowQuiet => "cow_quiet",
         }
     }
     fn source(self) -> &'static str {
@@ -392,6 +395,7 @@ impl Program {
             Program::Forked => "forked.c",
             Program::Reservation => "reservation.c",
             Program::CowHostile => "cow_hostile.c",
+            Program::CowQuiet => "cow_quiet.c",
         }
     }
     fn link_flags(self) -> &'static [&'static str] {

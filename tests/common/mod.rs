@@ -376,6 +376,8 @@ impl Program {
             Program::DState => "dstate",
             Program::Forked => "forked",
             Program::Reservation => "reservation",
+            Program::Uffd => "uffd",
+            Program::FuseSelf => "fuse_self",
             Program::CowHostile => "cow_hostile",
             Program::CowQuiet => "cow_quiet",
         }
@@ -394,6 +396,8 @@ impl Program {
             Program::DState => "dstate.c",
             Program::Forked => "forked.c",
             Program::Reservation => "reservation.c",
+            Program::Uffd => "uffd.c",
+            Program::FuseSelf => "fuse_self.c",
             Program::CowHostile => "cow_hostile.c",
             Program::CowQuiet => "cow_quiet.c",
         }

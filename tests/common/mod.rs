@@ -354,6 +354,10 @@ pub enum Program {
     Forked,
     /// `reservation.c` as a PIE.
     Reservation,
+    /// `uffd.c` as a PIE.
+    Uffd,
+    /// `fuse_self.c` as a PIE.
+    FuseSelf,
     /// `cow_hostile.c` as a PIE.
     CowHostile,
     /// `cow_quiet.c` as a PIE.

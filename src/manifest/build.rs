@@ -70,16 +70,17 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
     use crate::process::memory::{READ_TIMEOUT, with_time_limit};
     let mappings: Vec<_> = snapshot.regions.iter().map(|r| r.mapping.clone()).collect();
     let build_ids = with_time_limit(READ_TIMEOUT, move || {
-        buildid::mapped_build_ids(pid, &mappings.iter().collect::<Vec<_>>())
+        buildid::mapped_ids(pid, &mappings.iter().collect::<Vec<_>>())
     })
     .unwrap_or_default();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let exe_build_id = with_time_limit(READ_TIMEOUT, move || {
+    let exe_build_ids = with_time_limit(READ_TIMEOUT, move || {
         std::fs::File::open(format!("/proc/{pid}/exe"))
             .ok()
-            .and_then(|f| buildid::read_build_id(&f))
+            .map(|f| buildid::read_build_ids(&f))
+            .unwrap_or_default()
     })
-    .flatten();
+    .unwrap_or_default();
     let hz = procfs::ticks_per_second().max(1);
     let start_time_utc = procfs::boot_time_secs().ok().map(|boot| {
         let ticks = snapshot.process.start_time_ticks;
@@ -120,7 +121,8 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
             clock_ticks_per_second: hz,
             start_time_utc,
             exe: exe.map(|p| p.to_string_lossy().into_owned()),
-            exe_build_id: exe_build_id.map(|id| hex(&id)),
+            exe_build_id: exe_build_ids.gnu.as_deref().map(hex),
+            exe_go_build_id: exe_build_ids.go,
             comm: String::from_utf8_lossy(&snapshot.process.comm).into_owned(),
             cmdline,
             uid: snapshot.process.uid,
@@ -172,7 +174,11 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
                     decision: r.decision,
                     dumped_bytes: r.dumped_len(),
                     in_core: r.listed_in_core(),
-                    build_id: build_ids.get(&m.start).map(|id| hex(id)),
+                    build_id: build_ids
+                        .get(&m.start)
+                        .and_then(|ids| ids.gnu.as_deref())
+                        .map(hex),
+                    go_build_id: build_ids.get(&m.start).and_then(|ids| ids.go.clone()),
                     core_offset: None,
                     written_bytes: None,
                     hole_bytes: None,

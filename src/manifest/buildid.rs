@@ -228,14 +228,6 @@ pub fn mapped_ids(pid: i32, mappings: &[&Mapping]) -> HashMap<u64, BuildIds> {
     out
 }
 
-/// The GNU build-ids of [`mapped_ids`].
-pub fn mapped_build_ids(pid: i32, mappings: &[&Mapping]) -> HashMap<u64, Vec<u8>> {
-    mapped_ids(pid, mappings)
-        .into_iter()
-        .filter_map(|(start, ids)| Some((start, ids.gnu?)))
-        .collect()
-}
-
 fn open_mapped(pid: i32, m: &Mapping) -> Option<File> {
     let link = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
     if let Ok(f) = File::open(&link) {

@@ -85,6 +85,9 @@ pub struct Target {
     pub exe: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe_build_id: Option<String>,
+    /// The executable's Go build id (`.note.go.buildid`), for a Go program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_go_build_id: Option<String>,
     pub comm: String,
     pub cmdline: Vec<String>,
     pub uid: u32,
@@ -211,6 +214,9 @@ pub struct MappingEntry {
     pub in_core: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
+    /// The mapped file's Go build id (`.note.go.buildid`), for a Go program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_build_id: Option<String>,
     /// File offset of the segment's data. JSON only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub core_offset: Option<u64>,
@@ -484,6 +490,7 @@ mod tests {
                 start_time_utc: None,
                 exe: Some("/bin/x".into()),
                 exe_build_id: None,
+                exe_go_build_id: None,
                 comm: "x".into(),
                 cmdline: vec!["x".into(), "-v".into()],
                 uid: 0,
@@ -518,6 +525,7 @@ mod tests {
                     dumped_bytes: 0,
                     in_core: false,
                     build_id: None,
+                    go_build_id: None,
                     core_offset: None,
                     written_bytes: None,
                     hole_bytes: None,
@@ -533,6 +541,7 @@ mod tests {
                     dumped_bytes: 0x2000,
                     in_core: true,
                     build_id: Some("abcd".into()),
+                    go_build_id: None,
                     core_offset: Some(0x1000),
                     written_bytes: Some(0x1000),
                     hole_bytes: Some(0x1000),

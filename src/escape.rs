@@ -94,10 +94,7 @@ mod tests {
 
     #[test]
     fn terminal_sequences_become_visible_text() {
-        assert_eq!(
-            escape("\u{1b}]0;PWN\u{07}\u{1b}[2J"),
-            "\\e]0;PWN\\a\\e[2J"
-        );
+        assert_eq!(escape("\u{1b}]0;PWN\u{07}\u{1b}[2J"), "\\e]0;PWN\\a\\e[2J");
         assert_eq!(escape("a\nb\tc\rd\0e\u{7f}"), "a\\nb\\tc\\rd\\x00e\\x7f");
         assert_eq!(escape("csi\u{9b}31m"), "csi\\u{009b}31m");
         assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");

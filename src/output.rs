@@ -70,7 +70,23 @@ impl OutputDir {
             path: path.to_path_buf(),
             source,
         };
-        let created = match nix::unistd::mkdir(trimmed, Mode::from_bits_truncate(DIR_MODE)) {
+        let mkdir = || nix::unistd::mkdir(trimmed, Mode::from_bits_truncate(DIR_MODE));
+        let made = match mkdir() {
+            Err(Errno::ENOENT) => {
+                // Missing parents are made too, as private as the directory.
+                if let Some(parent) = trimmed.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(DIR_MODE)
+                        .create(parent)
+                        .map_err(dir_err)?;
+                }
+                mkdir()
+            }
+            other => other,
+        };
+        let created = match made {
             Ok(()) => true,
             Err(Errno::EEXIST) => false,
             Err(e) => return Err(dir_err(e.into())),
@@ -242,6 +258,11 @@ mod tests {
         let dir = OutputDir::create_or_open(&path).unwrap();
         assert!(dir.created());
         assert!(dir.is_empty().unwrap());
+        let nested = OutputDir::create_or_open(&scratch.path().join("a/b/c")).unwrap();
+        assert!(nested.created());
+        for p in ["a", "a/b", "a/b/c"] {
+            assert_eq!(fs_mode(&scratch.path().join(p)), 0o700, "{p}");
+        }
         let mut f = dir.create_file("a.bin", false).unwrap();
         f.write_all(b"secret").unwrap();
         assert_eq!(fs_mode(&path), 0o700);

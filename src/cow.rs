@@ -87,6 +87,10 @@ pub struct CowCopy {
     /// know which memory the clone cannot hold); else the clone's smaps is
     /// read after the release.
     mappings_at_freeze: Option<Vec<Mapping>>,
+    /// MADV_WIPEONFORK regions found only after the release (the clone
+    /// holds zeros there): read from the target itself, as it is then.
+    wiped_in_clone: Vec<(u64, u64)>,
+    target_memory: Option<MemoryReader>,
     timeout: Duration,
     finished: bool,
     watch: std::sync::Mutex<CostWatch>,
@@ -425,6 +429,8 @@ impl CowCopy {
             child_memory,
             preloaded,
             mappings_at_freeze,
+            wiped_in_clone: Vec::new(),
+            target_memory: None,
             timeout,
             finished: false,
             watch,
@@ -438,23 +444,59 @@ impl CowCopy {
     /// The target's mappings at the freeze, for after the release: the
     /// smaps read under the freeze, or else the clone's, whose mappings and
     /// pages are the target's at the instant of the clone.
+    ///
+    /// A MADV_WIPEONFORK region shows in neither `/proc/PID/maps` nor the
+    /// clone (which holds zeros there), so without smaps under the freeze
+    /// it is found only now: it is then described by the target's smaps
+    /// and read from the target, as it is after the release.
     pub fn mappings(&mut self) -> Result<Vec<Mapping>, CollectError> {
-        match self.mappings_at_freeze.take() {
-            Some(mappings) => Ok(mappings),
-            None => collect::read_mappings(self.child),
+        if let Some(mappings) = self.mappings_at_freeze.take() {
+            return Ok(mappings);
         }
+        let mut mappings = collect::read_mappings(self.child)?;
+        if mappings.iter().any(|m| m.has_vm_flag(b"wf")) {
+            let in_target = collect::read_mappings(self.target)?;
+            for mapping in mappings.iter_mut().filter(|m| m.has_vm_flag(b"wf")) {
+                if let Some(now) = in_target
+                    .iter()
+                    .find(|t| (t.start, t.end) == (mapping.start, mapping.end))
+                {
+                    *mapping = now.clone();
+                    self.wiped_in_clone.push((mapping.start, mapping.end));
+                }
+            }
+            if !self.wiped_in_clone.is_empty() {
+                self.target_memory =
+                    Some(
+                        MemoryReader::open(self.target).map_err(|e| CollectError::Proc {
+                            pid: self.target,
+                            what: "mem",
+                            source: std::io::Error::other(e.to_string()),
+                        })?,
+                    );
+            }
+        }
+        Ok(mappings)
     }
 
     /// Whether `region`'s bytes are read after the release: shared memory
-    /// that was not copied under the freeze, because the target cannot
-    /// write it ([`target_cannot_write`]).
+    /// that was not copied under the freeze because the target cannot
+    /// write it ([`target_cannot_write`]), and MADV_WIPEONFORK regions
+    /// found only after the release.
     pub fn read_after_release(&self, region: &Region) -> bool {
+        let m = &region.mapping;
         region.dumped_len() > 0
-            && region.mapping.shared
-            && !self
-                .preloaded
-                .iter()
-                .any(|p| p.start == region.mapping.start)
+            && ((m.shared && !self.preloaded.iter().any(|p| p.start == m.start))
+                || self.from_target(m.start, m.end).is_some())
+    }
+
+    /// The target's memory, if `start..end` is to be read from it.
+    fn from_target(&self, start: u64, end: u64) -> Option<&MemoryReader> {
+        self.wiped_in_clone
+            .iter()
+            .any(|&(s, e)| s <= start && end <= e)
+            .then_some(self.target_memory.as_ref())
+            .flatten()
     }
 
     /// After the release, before the first byte is copied: waits out
@@ -613,6 +655,8 @@ impl MemorySource for CowCopy {
                     .iter()
                     .filter(|u| u.start < end && addr < u.start + u.len),
             );
+        } else if let Some(target) = self.from_target(addr, end) {
+            target.read(addr, buf, unreadable)?;
         } else {
             self.child_memory.read(addr, buf, unreadable)?;
         }
@@ -625,13 +669,17 @@ impl MemorySource for CowCopy {
         buf: &mut [u8],
         unreadable: &mut Vec<Unreadable>,
     ) -> Result<(), MemoryError> {
-        let preloaded = |&(addr, _, len): &(u64, usize, usize)| {
+        let not_in_clone = |&(addr, _, len): &(u64, usize, usize)| {
             let end = addr + len as u64;
             self.preloaded
                 .iter()
                 .any(|p| p.start < end && addr < p.start + p.bytes.len() as u64)
+                || self
+                    .wiped_in_clone
+                    .iter()
+                    .any(|&(s, e)| s < end && addr < e)
         };
-        if pieces.iter().any(preloaded) {
+        if pieces.iter().any(not_in_clone) {
             crate::process::memory::read_each(self, pieces, buf, unreadable)
         } else {
             self.keep_within_cap();

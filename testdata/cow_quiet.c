@@ -11,13 +11,16 @@
  *                    the target can never write it (no VM_MAYWRITE)
  *   rwfile   0x5257  DIR/rw.bin opened O_RDWR, mapped PROT_READ|MAP_SHARED:
  *                    read-only now, but mprotect could make it writable
+ *   wipe     0x5746  MAP_PRIVATE|MAP_ANONYMOUS + MADV_WIPEONFORK (a fork
+ *                    sees zeros there)
  *
  * A second thread sleeps in a loop; the main thread blocks in read() on a
  * pipe. Neither writes memory once ready, so every smaps counter stays as
  * it is unless something else changes the process.
  *
  * Prints ONE line:
- *   ready pid=<pid> heap=0x.. shanon=0x.. rofile=0x.. rwfile=0x.. len=<n>
+ *   ready pid=<pid> heap=0x.. shanon=0x.. rofile=0x.. rwfile=0x.. wipe=0x..
+ *         len=<n>
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -47,7 +50,9 @@ static void *map_file(const char *dir, const char *name, uint64_t tag, int flags
     snprintf(path, sizeof path, "%s/%s", dir, name);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     fill(words, LEN, tag);
-    if (fd < 0 || write(fd, words, LEN) != LEN || close(fd) != 0) {
+    /* Written back before it is mapped: pages the kernel writes back later
+     * would turn from dirty to clean in the counters the test compares. */
+    if (fd < 0 || write(fd, words, LEN) != LEN || fsync(fd) != 0 || close(fd) != 0) {
         perror(path);
         exit(1);
     }
@@ -83,8 +88,14 @@ int main(int argc, char **argv)
         perror("memory");
         return 1;
     }
+    void *wipe = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (wipe == MAP_FAILED || madvise(wipe, LEN, MADV_WIPEONFORK) != 0) {
+        perror("wipe");
+        return 1;
+    }
     fill(heap, LEN, 0x4845);
     fill(shanon, LEN, 0x5348);
+    fill(wipe, LEN, 0x5746);
     void *rofile = map_file(argv[1], "ro.bin", 0x524f, O_RDONLY);
     void *rwfile = map_file(argv[1], "rw.bin", 0x5257, O_RDWR);
     /* Touch the file pages so that they are resident before the counters
@@ -102,8 +113,8 @@ int main(int argc, char **argv)
         perror("pipe");
         return 1;
     }
-    printf("ready pid=%d heap=%p shanon=%p rofile=%p rwfile=%p len=%d\n", (int)getpid(), heap,
-           shanon, rofile, rwfile, LEN);
+    printf("ready pid=%d heap=%p shanon=%p rofile=%p rwfile=%p wipe=%p len=%d\n", (int)getpid(),
+           heap, shanon, rofile, rwfile, wipe, LEN);
     fflush(stdout);
     char c;
     for (;;)

@@ -611,12 +611,15 @@ fn a_cow_dump_leaves_no_trace_in_the_target() {
     let counters = memory_counters(target.pid);
     let code = code_bytes(target.pid);
     let mut manifests = Vec::new();
-    for round in 0..2 {
+    // 0x3f selects shared memory, so the target's smaps is read under the
+    // freeze; under 0x31 nothing shared is dumped and the clone's smaps is
+    // read after the release, where the MADV_WIPEONFORK region shows zeros.
+    for (round, filter) in ["0x3f", "0x3f", "0x31"].into_iter().enumerate() {
         let core = dump(
             Dumper::Coresnap,
             target.pid,
             scratch.path(),
-            &["--mode", "cow", "--no-fallback", "--filter", "0x3f"],
+            &["--mode", "cow", "--no-fallback", "--filter", filter],
         );
         assert_running_untraced(target.pid);
         assert!(
@@ -635,25 +638,31 @@ fn a_cow_dump_leaves_no_trace_in_the_target() {
             assert_eq!(line, &line_after, "code mappings changed");
             assert!(bytes == &bytes_after, "the bytes of {line} changed");
         }
-        let out = run_gdb(
-            &target.exe,
-            &core,
-            &[
-                &format!("x/2gx {}", target.get("heap")),
-                &format!("x/2gx {}", target.get("shanon")),
-                &format!("x/2gx {}", target.get("rofile")),
-                &format!("x/2gx {}", target.get("rwfile")),
+        let regions: &[(&str, u64)] = match filter {
+            "0x3f" => &[
+                ("heap", 0x4845),
+                ("wipe", 0x5746),
+                ("shanon", 0x5348),
+                ("rofile", 0x524f),
+                ("rwfile", 0x5257),
             ],
-        );
+            _ => &[("heap", 0x4845), ("wipe", 0x5746)],
+        };
+        let commands: Vec<String> = regions
+            .iter()
+            .map(|(name, _)| format!("x/2gx {}", target.get(name)))
+            .collect();
+        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+        let out = run_gdb(&target.exe, &core, &commands);
         let words: Vec<u64> = out
             .lines()
             .filter(|l| l.starts_with("0x"))
             .map(|l| parse_x_words(l).unwrap()[1])
             .collect();
+        let expected: Vec<u64> = regions.iter().map(|(_, tag)| (tag << 48) | 1).collect();
         assert_eq!(
-            words,
-            [0x4845, 0x5348, 0x524f, 0x5257].map(|tag: u64| (tag << 48) | 1),
-            "second word of heap, shanon, rofile, rwfile in the core:\n{out}"
+            words, expected,
+            "second word of {regions:?} in the core (filter {filter}):\n{out}"
         );
         manifests.push(manifest_of(&core));
     }
@@ -670,9 +679,16 @@ fn a_cow_dump_leaves_no_trace_in_the_target() {
     };
     let read_late = |addr| entry(&manifests[0], addr)["read_after_release"] == true;
     assert!(read_late("rofile"), "{}", entry(&manifests[0], "rofile"));
-    for addr in ["heap", "shanon", "rwfile"] {
+    for addr in ["heap", "shanon", "rwfile", "wipe"] {
         assert!(!read_late(addr), "{}", entry(&manifests[0], addr));
     }
+    // Found only in the clone's smaps, after the release: read from the
+    // target then, and marked so.
+    assert!(
+        entry(&manifests[2], "wipe")["read_after_release"] == true,
+        "{}",
+        entry(&manifests[2], "wipe")
+    );
     // The same mappings, each decided the same way, dump after dump.
     let decisions = |manifest: &serde_json::Value| -> Vec<String> {
         manifest["mappings"]

@@ -282,7 +282,7 @@ fn extract_race_with_a_planted_link_never_writes_through_it() {
         i=0
         while [ $i -lt 3000000 ]; do
             for f in "$2"/*.bin; do
-                if [ -e "$f" ]; then ln -s "$1" "$2/index.tsv"; echo planted; exit 0; fi
+                if [ -e "$f" ]; then ln -s "$1" "$2/index.tsv" && echo planted; exit 0; fi
             done
             i=$((i + 1))
         done

@@ -10,13 +10,14 @@
 //! The escapes are those of `ls -b` and C: `\n`, `\t`, `\r`, `\e` (ESC),
 //! `\a`, `\b`, `\f`, `\v`, `\xHH` for the other C0 bytes and DEL,
 //! `\u{HHHH}` for C1 controls (U+0080-U+009F: some terminals take U+009B as
-//! CSI) and for the bidirectional overrides and isolates (U+202A-U+202E,
-//! U+2066-U+2069), which reorder what follows them on the line. A
-//! backslash is left as it is, unlike `ls -b`: escaping is then idempotent
-//! (text escaped twice reads as text escaped once, so a message that
-//! already holds escaped text can be escaped again where it is printed).
-//! The price is that a name holding a backslash and an `n` reads like one
-//! holding a newline; `--json` tells them apart.
+//! CSI), for the line and paragraph separators (U+2028, U+2029: a line
+//! break to some viewers) and for the bidirectional overrides and isolates
+//! (U+202A-U+202E, U+2066-U+2069), which reorder what follows them on the
+//! line. A backslash is left as it is, unlike `ls -b`: escaping is then
+//! idempotent (text escaped twice reads as text escaped once, so a message
+//! that already holds escaped text can be escaped again where it is
+//! printed). The price is that a name holding a backslash and an `n` reads
+//! like one holding a newline; `--json` tells them apart.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -59,7 +60,11 @@ impl fmt::Display for Escaped<'_> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 fn push_char(out: &mut String, c: char) {
@@ -98,6 +103,7 @@ mod tests {
         assert_eq!(escape("a\nb\tc\rd\0e\u{7f}"), "a\\nb\\tc\\rd\\x00e\\x7f");
         assert_eq!(escape("csi\u{9b}31m"), "csi\\u{009b}31m");
         assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(escape("one\u{2028}two"), "one\\u{2028}two");
     }
 
     #[test]

@@ -869,6 +869,14 @@ fn go_server_core_is_named_by_inspect_as_by_gdb() {
     let exe = build_go_server(&scratch);
     let target = Target::spawn(&exe, &[]);
     let pid = target.pid;
+    // The runtime starts threads of its own for a while after it starts;
+    // `dump` wants the same threads before the dump and in the core.
+    let settled = wait_until(STATE_TIMEOUT, || {
+        let before = thread_ids(pid);
+        thread::sleep(Duration::from_millis(500));
+        thread_ids(pid) == before
+    });
+    assert!(settled, "the Go server's threads never stopped changing");
     let core = dump(Dumper::Coresnap, pid, scratch.path(), &[]);
     assert_running_untraced(pid);
 
@@ -884,13 +892,35 @@ fn go_server_core_is_named_by_inspect_as_by_gdb() {
         .iter()
         .find(|m| m["path"].as_str() == exe.to_str())
         .unwrap_or_else(|| panic!("no module for {}:\n{}", exe.display(), res.stdout));
-    assert_eq!(
-        module["build_id"].as_str(),
-        Some(&*go_build_id(&exe)),
-        "{module}"
-    );
+    let go_id = go_build_id(&exe);
+    assert_eq!(module["build_id"].as_str(), Some(&*go_id), "{module}");
     assert_eq!(module["build_id_kind"], "go", "{module}");
     assert_eq!(module["status"], "used", "{module}");
+
+    // The manifest records it too, for the executable and its mappings.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{}.json", core.display())).expect("the manifest"),
+    )
+    .expect("the manifest is JSON");
+    assert_eq!(
+        manifest["target"]["exe_go_build_id"].as_str(),
+        Some(&*go_id),
+        "{}",
+        manifest["target"]
+    );
+    let exe_mappings: Vec<&serde_json::Value> = manifest["mappings"]
+        .as_array()
+        .expect("mappings in the manifest")
+        .iter()
+        .filter(|m| m["name"].as_str() == exe.to_str())
+        .collect();
+    assert!(
+        !exe_mappings.is_empty()
+            && exe_mappings
+                .iter()
+                .all(|m| m["go_build_id"].as_str() == Some(&*go_id)),
+        "{exe_mappings:?}"
+    );
 
     let ours = inspect_stacks(&report);
     let gdb = gdb_stacks(&exe, &core);

@@ -138,6 +138,15 @@ fn parse_number(text: &str) -> Result<u64, String> {
 }
 
 pub fn extract(args: &ExtractArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    if args.addr.is_some() && std::io::stdout().is_terminal() {
+        // The bytes are the core's: escape sequences among them would be
+        // the terminal's commands.
+        eprintln!(
+            "coresnap: standard output is a terminal; --addr writes raw bytes: redirect it (> region.bin) or pipe it (| xxd)"
+        );
+        return ExitCode::from(2);
+    }
     let opened = match inspect::source::open(&args.file) {
         Ok(o) => o,
         Err(e) => {

@@ -617,7 +617,11 @@ fn assert_escaped(what: &str, text: &str) {
 
 #[test]
 fn escape_sequences_in_names_reach_no_text_output() {
-    require!(ptrace_access(), program("strace", "-V", "strace"));
+    require!(
+        ptrace_access(),
+        program("strace", "-V", "strace"),
+        program("script", "--version", "bsdutils")
+    );
     let scratch = Scratch::new("hostile-names");
     let exe = scratch.path().join(OsStr::from_bytes(EVIL_COMM));
     fs::copy(build(Program::MapNames), &exe).unwrap();
@@ -694,6 +698,31 @@ fn escape_sequences_in_names_reach_no_text_output() {
     for line in index.lines().filter(|l| !l.starts_with('#')) {
         assert_eq!(line.split('\t').count(), 6, "{line:?} in\n{index}");
     }
+
+    // Memory from the core (here the stack, which holds the names) is not
+    // written to a terminal: `script` gives extract one.
+    let stack = report["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["bytes_present"].as_u64().unwrap_or(0) > 0)
+        .and_then(|m| parse_hex(m["start"].as_str()?))
+        .expect("a mapping with bytes");
+    let command = format!(
+        "{} extract --addr {stack:#x} --len 4096 {}",
+        coresnap_bin().display(),
+        core.display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"]);
+    let out = run_with_timeout(&mut cmd, RUN_TIMEOUT, true);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stdout.contains("standard output is a terminal"),
+        "{}",
+        out.describe()
+    );
 
     // A tracer with a hostile name: coresnap's refusal names it escaped.
     let strace = which("strace");

@@ -700,3 +700,83 @@ fn a_cow_dump_leaves_no_trace_in_the_target() {
     };
     assert_eq!(decisions(&manifests[0]), decisions(&manifests[1]));
 }
+
+/// Each file-backed code mapping of `pid` by its maps line: its bytes and
+/// its `Anonymous` count.
+fn file_code(pid: i32) -> std::collections::BTreeMap<String, (Vec<u8>, String)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut counts = std::collections::HashMap::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        if line.split(' ').next().is_some_and(|r| r.contains('-') && !r.contains(':')) {
+            current = line.to_string();
+        } else if line.starts_with("Anonymous:") {
+            counts.insert(current.clone(), line.to_string());
+        }
+    }
+    code_bytes(pid)
+        .into_iter()
+        .filter(|(line, _)| line.split_whitespace().nth(5).is_some_and(|n| n.starts_with('/')))
+        .map(|(line, bytes)| {
+            let anon = counts.get(&line).cloned().unwrap_or_default();
+            (line, (bytes, anon))
+        })
+        .collect()
+}
+
+/// A JVM dumped in copy-on-write mode with its own `coredump_filter`
+/// (0x3f): none of its file-backed code mappings (libjvm, libc...) gets a
+/// private page or a changed byte, and its `lib/modules`, a read-only
+/// shared mapping of a file opened read-only, is read after the release.
+#[test]
+fn a_cow_dump_leaves_a_jvms_code_untouched() {
+    require!(
+        ptrace_access(),
+        program("javac", "-version", "openjdk-17-jdk-headless"),
+        program("java", "-version", "openjdk-17-jdk-headless"),
+    );
+    let scratch = Scratch::new("cow-jvm");
+    let classes = scratch.path().join("classes");
+    let mut javac = Command::new("javac");
+    javac
+        .arg("-d")
+        .arg(&classes)
+        .arg(testdata_dir().join("java/Load.java"));
+    let compiled = run_with_timeout(&mut javac, COMPILE_TIMEOUT, true);
+    assert!(compiled.success(), "{}", compiled.describe());
+    let counts = scratch.path().join("counts");
+    let target = Target::spawn(
+        std::path::Path::new("java"),
+        &[
+            OsStr::new("-Xmx64m"),
+            OsStr::new("-Xms16m"),
+            OsStr::new("-cp"),
+            classes.as_os_str(),
+            OsStr::new("Load"),
+            counts.as_os_str(),
+        ],
+    );
+    let before = file_code(target.pid);
+    let prefix = scratch.path().join("core");
+    let done = coresnap_cow(&target, &prefix, &["--no-fallback"]);
+    assert!(done.success(), "{}", done.describe());
+    assert_running_untraced(target.pid);
+    let after = file_code(target.pid);
+    for (line, (bytes, anonymous)) in &before {
+        // A library the JVM unmapped meanwhile has nothing left to compare.
+        let Some((bytes_after, anonymous_after)) = after.get(line) else {
+            continue;
+        };
+        assert_eq!(anonymous, anonymous_after, "{line}");
+        assert!(bytes == bytes_after, "the bytes of {line} changed");
+    }
+    let manifest = manifest_of(&core_path(&prefix, target.pid));
+    let modules = manifest["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"].as_str().is_some_and(|n| n.ends_with("/lib/modules")))
+        .expect("lib/modules in the manifest");
+    assert_eq!(modules["decision"], "whole", "{modules}");
+    assert_eq!(modules["read_after_release"], true, "{modules}");
+}

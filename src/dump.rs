@@ -19,7 +19,7 @@ use crate::sink::{
 };
 use crate::snapshot::collect::{self, CollectError};
 use crate::snapshot::select::{DEFAULT_FILTER, SelectionPolicy};
-use crate::watch::{self, SignalTrigger, WatchOutcome};
+use crate::watch::{self, Trigger, WatchFor, WatchOutcome};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -81,10 +81,10 @@ pub struct DumpOptions {
     pub stop_mode_because: Option<String>,
     /// ptrace, or not (`--no-ptrace`).
     pub attach: Attach,
-    /// Instead of dumping now, stay attached and dump when a thread is about
-    /// to receive one of these signals (`--on-signal`); the signal is then
-    /// delivered unchanged.
-    pub on_signal: Option<Vec<i32>>,
+    /// Instead of dumping now, stay attached and dump when the trigger
+    /// comes: a signal that will end the process (`--on-signal`), then
+    /// delivered unchanged, or its exit (`--on-exit`), which then goes on.
+    pub watch: Option<WatchFor>,
     /// Compress while writing, into the zstd seekable format (`-z`).
     pub compress: Option<CompressOptions>,
     /// Hash the core and the file and write the manifest (`<core>.json`,
@@ -115,7 +115,7 @@ impl Default for DumpOptions {
             cow_max_copy: None,
             stop_mode_because: None,
             attach: Attach::Ptrace,
-            on_signal: None,
+            watch: None,
             compress: None,
             manifest: true,
             manifest_path: None,
@@ -162,9 +162,9 @@ pub struct DumpReport {
     pub cow_cost: Option<crate::cow::CopyCost>,
     /// Problems that did not stop the dump (e.g. cleaning up the clone).
     pub warnings: Vec<String>,
-    /// The signal that caused the dump (`on_signal`), with the thread that
-    /// received it.
-    pub trigger: Option<SignalTrigger>,
+    /// The signal or exit that caused the dump (`watch`), with the thread
+    /// it concerned.
+    pub trigger: Option<Trigger>,
     /// What was captured and how, with the hashes when they were computed
     /// (see docs/MANIFEST.md).
     pub manifest: Option<Box<Manifest>>,
@@ -228,7 +228,7 @@ pub enum DumpError {
     },
     #[error("process {pid} exited during the dump; no core was written")]
     TargetExited { pid: i32 },
-    #[error("process {pid} exited without receiving a watched signal; no core was written")]
+    #[error("process {pid} ended without a watched signal or exit; no core was written")]
     ExitedWithoutSignal { pid: i32 },
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -784,9 +784,9 @@ fn dump_once(
 ) -> Result<DumpReport, DumpError> {
     let started = Instant::now();
     if let Attach::Unattached { .. } = options.attach {
-        if options.on_signal.is_some() {
+        if options.watch.is_some() {
             return Err(DumpError::NeedsPtrace {
-                what: "--on-signal",
+                what: "--on-signal and --on-exit",
             });
         }
         if let DumpMode::Cow { .. } = options.mode {
@@ -800,7 +800,7 @@ fn dump_once(
     if let Attach::Unattached { .. } = options.attach {
         UnattachedFreeze::check_memory_readable(pid)?;
     }
-    let (hold, trigger) = match (&options.on_signal, options.attach) {
+    let (hold, trigger) = match (&options.watch, options.attach) {
         (_, Attach::Unattached { freeze }) => (
             Hold::Unattached(UnattachedFreeze::freeze(
                 pid,
@@ -818,9 +818,11 @@ fn dump_once(
             )?),
             None,
         ),
-        (Some(signals), Attach::Ptrace) => {
-            match watch::wait_for_signal(pid, signals, &options.cancel)? {
-                WatchOutcome::Signal(frozen, trigger) => (Hold::Attached(*frozen), Some(trigger)),
+        (Some(watch_for), Attach::Ptrace) => {
+            match watch::wait_for_trigger(pid, watch_for, &options.cancel)? {
+                WatchOutcome::Triggered(frozen, trigger) => {
+                    (Hold::Attached(*frozen), Some(trigger))
+                }
                 WatchOutcome::Exited => return Err(DumpError::ExitedWithoutSignal { pid }),
             }
         }
@@ -835,7 +837,7 @@ fn dump_once(
             .unwrap_or(DEFAULT_FILTER),
         all: options.all,
     };
-    let signal = trigger.as_ref();
+    let signal = trigger.as_ref().and_then(Trigger::signal);
     let freeze_method = hold.method();
     let progress = |done: u64, total: u64| {
         if let Some(p) = &options.progress {
@@ -949,7 +951,7 @@ fn dump_once(
             captured_at,
             mode: mode_name(mode),
             left_stopped,
-            trigger: trigger.as_ref().map(|t| (t.tid, t.signal)),
+            trigger: trigger.as_ref(),
             freeze: freeze_method,
         },
     );

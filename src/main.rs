@@ -104,7 +104,7 @@ struct Cli {
     /// place is kept), and read memory without attaching. Registers are
     /// partial: only the stack pointer, program counter and system call
     /// arguments of each thread. Example: coresnap --no-ptrace 1234
-    #[arg(long = "no-ptrace", conflicts_with_all = ["on_signal", "mode"])]
+    #[arg(long = "no-ptrace", conflicts_with_all = ["on_signal", "on_exit", "mode"])]
     no_ptrace: bool,
 
     /// With --no-ptrace: do not hold the target still at all; memory may
@@ -156,10 +156,14 @@ struct Cli {
     #[arg(long = "sign", value_name = "KEY", conflicts_with = "no_manifest")]
     sign: Option<PathBuf>,
 
-    /// Stay attached (the target runs at full speed) and dump when a thread
-    /// is about to receive one of these signals; the signal is then
-    /// delivered unchanged. Default list: SEGV,BUS,ABRT,FPE,ILL,SYS,TRAP.
-    /// Example: --on-signal, --on-signal=SEGV,ABRT
+    /// Stay attached (the target runs at full speed) and dump when one of
+    /// these signals is about to end the process: it has no handler for it,
+    /// does not ignore it, and its default action terminates. The signal is
+    /// then delivered unchanged. A signal the program handles (a JVM's
+    /// NullPointerException, Go's recovered panics) goes straight through
+    /// and watching goes on; when the program's own handler then ends it
+    /// with abort() or a re-raise, that is the signal dumped. Default list:
+    /// SEGV,BUS,ABRT,FPE,ILL,SYS,TRAP. Example: --on-signal, --on-signal=SEGV,ABRT
     #[arg(
         long = "on-signal",
         value_name = "LIST",
@@ -169,6 +173,27 @@ struct Cli {
         value_parser = parse_signal_list
     )]
     on_signal: Option<SignalList>,
+
+    /// With --on-signal: dump at every delivery of a listed signal, even
+    /// one the program handles or ignores (then it goes on running).
+    /// Example: --on-signal=USR2 --every-signal
+    #[arg(long = "every-signal", requires = "on_signal")]
+    every_signal: bool,
+
+    /// Stay attached and dump when the process starts to exit (its memory
+    /// still whole): by default only for a non-zero exit status or death
+    /// by a signal, with `any` for every exit. Catches a Go panic (exit
+    /// status 2) or System.exit(1). With --on-signal, whichever comes
+    /// first is dumped. Example: --on-exit, --on-exit=any
+    #[arg(
+        long = "on-exit",
+        value_name = "WHICH",
+        value_enum,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "failure"
+    )]
+    on_exit: Option<OnExitArg>,
 
     /// Dump when the process uses more than PERCENT of a CPU (summed over
     /// its threads) for --for. Example: --cpu-above 90 --for 10s
@@ -189,8 +214,9 @@ struct Cli {
     #[arg(long = "for", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     hold: Duration,
 
-    /// With a condition: dump at most COUNT times, as PREFIX.PID.1,
-    /// PREFIX.PID.2... Example: -n 3
+    /// With a condition, --on-signal or --on-exit: dump at most COUNT
+    /// times, as PREFIX.PID.1, PREFIX.PID.2..., watching again after each
+    /// dump the process survives. Example: -n 3
     #[arg(short = 'n', long = "count", value_name = "COUNT", default_value = "1")]
     count: u32,
 
@@ -266,6 +292,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?}: unknown unit (use ms, s, m or h)")),
     };
     Ok(Duration::from_secs_f64(seconds))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnExitArg {
+    /// A non-zero exit status or death by a signal.
+    Failure,
+    /// Every exit.
+    Any,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -480,7 +514,7 @@ fn main() -> ExitCode {
         manifest_path: cli.manifest.clone(),
         flat_hash: cli.flat_hash,
         sign,
-        on_signal: cli.on_signal.clone().map(|list| list.0),
+        watch: watch_for(&cli),
         attach: if cli.no_ptrace {
             Attach::Unattached {
                 freeze: !cli.no_freeze,
@@ -499,9 +533,9 @@ fn main() -> ExitCode {
     .flatten()
     .collect();
     if !conditions.is_empty() {
-        if cli.output == "-" || cli.on_signal.is_some() || cli.pids.len() > 1 {
+        if cli.output == "-" || options.watch.is_some() || cli.pids.len() > 1 {
             eprintln!(
-                "coresnap: conditions watch one pid and write files; drop -o -, --on-signal or the extra pids"
+                "coresnap: conditions watch one pid and write files; drop -o -, --on-signal, --on-exit or the extra pids"
             );
             return ExitCode::from(2);
         }
@@ -511,8 +545,22 @@ fn main() -> ExitCode {
         eprintln!("coresnap: --manifest names one file; give a single pid");
         return ExitCode::from(2);
     }
+    if options.watch.is_some() && cli.count > 1 && (cli.output == "-" || cli.manifest.is_some()) {
+        eprintln!(
+            "coresnap: -n writes PREFIX.PID.1, PREFIX.PID.2...; drop -o - and --manifest, or -n"
+        );
+        return ExitCode::from(2);
+    }
     let mut failed = false;
     for &pid in &cli.pids {
+        if options.watch.is_some() {
+            match watch_triggers(&cli, pid, &options) {
+                Ok(()) => {}
+                Err(WatchEnd::Failed) => failed = true,
+                Err(WatchEnd::Interrupted(signal)) => return ExitCode::from(128 + signal as u8),
+            }
+            continue;
+        }
         let mut options = options.clone();
         let bar = (!cli.quiet && std::io::stderr().is_terminal()).then(progress_bar);
         if let Some(bar) = &bar {
@@ -544,38 +592,7 @@ fn main() -> ExitCode {
             bar.finish_and_clear();
         }
         match result {
-            Ok(report) => {
-                if let Some(why) = &report.cow_fallback {
-                    eprintln!(
-                        "coresnap: pid {pid}: --mode cow is not possible ({why}); dumped in stop mode"
-                    );
-                }
-                if let (Some(cost), false) = (&report.cow_cost, cli.quiet) {
-                    eprintln!("{}", cow_cost_line(pid, cost));
-                }
-                if let Some(trigger) = &report.trigger {
-                    let name = nix::sys::signal::Signal::try_from(trigger.signal)
-                        .map_or("?", |s| s.as_str());
-                    eprintln!(
-                        "coresnap: pid {pid}: thread {} was about to receive {name}; dumped, then delivered it",
-                        trigger.tid
-                    );
-                }
-                if !cli.quiet {
-                    eprintln!("{}", escape(&summary(&report)));
-                }
-                for warning in &report.warnings {
-                    eprintln!("coresnap: warning: pid {pid}: {}", escape(warning));
-                }
-                for range in &report.unreadable {
-                    eprintln!(
-                        "coresnap: warning: pid {pid}: {:#x}-{:#x} could not be read ({}); it reads as zeros in the core",
-                        range.start,
-                        range.start + range.len,
-                        nix::errno::Errno::from_raw(range.errno).desc()
-                    );
-                }
-            }
+            Ok(report) => print_report(&cli, &report),
             Err(error) => {
                 eprintln!("coresnap: {}", escape(&error.to_string()));
                 if let Some(signal) = error.interrupted_by() {
@@ -627,11 +644,11 @@ fn summary(report: &DumpReport) -> String {
         .map_or("standard output".to_string(), |p| p.display().to_string());
     let size = match (&report.compressed, report.disk_usage) {
         (Some(z), _) => format!(
-            "{}, {:.3}x of the {} core, {} frames",
+            "{}, {:.3}x of the {} core, {}",
             human_bytes(z.compressed_len),
             z.compressed_len as f64 / report.core_len.max(1) as f64,
             human_bytes(report.core_len),
-            z.frames
+            count_of(z.frames as usize, "frame")
         ),
         (None, Some(disk)) => format!(
             "{} on disk, {} logical",
@@ -645,11 +662,11 @@ fn summary(report: &DumpReport) -> String {
         None => size,
     };
     format!(
-        "coresnap: pid {}: wrote {target} ({size}), {} threads, {} of {} mappings dumped, target paused {:.1} ms{}{}",
+        "coresnap: pid {}: wrote {target} ({size}), {}, {} of {} dumped, target paused {:.1} ms{}{}",
         report.pid,
-        report.threads,
+        count_of(report.threads, "thread"),
         report.mappings_dumped,
-        report.mappings,
+        count_of(report.mappings, "mapping"),
         report.pause.as_secs_f64() * 1000.0,
         match (report.mode, report.freeze) {
             (DumpMode::Cow { .. }, _) => " (copy-on-write)".to_string(),
@@ -663,6 +680,166 @@ fn summary(report: &DumpReport) -> String {
             ""
         }
     )
+}
+
+/// "1 thread", "2 threads".
+fn count_of(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// The trigger line, the summary and the warnings of a finished dump.
+fn print_report(cli: &Cli, report: &DumpReport) {
+    let pid = report.pid;
+    if let Some(why) = &report.cow_fallback {
+        eprintln!("coresnap: pid {pid}: --mode cow is not possible ({why}); dumped in stop mode");
+    }
+    if let (Some(cost), false) = (&report.cow_cost, cli.quiet) {
+        eprintln!("{}", cow_cost_line(pid, cost));
+    }
+    match &report.trigger {
+        Some(coresnap::watch::Trigger::Signal(signal)) => eprintln!(
+            "coresnap: pid {pid}: thread {} was about to receive {} ({}){}; dumped, then delivered it",
+            signal.tid,
+            coresnap::process::signals::signal_name(signal.signal),
+            signal.origin().describe(pid),
+            if signal.will_end_process {
+                ", which ends it"
+            } else {
+                ""
+            }
+        ),
+        Some(coresnap::watch::Trigger::Exit(exit)) => eprintln!(
+            "coresnap: pid {pid}: exiting with {} (thread {} first at its exit); dumped, then let it exit",
+            exit.status.describe(),
+            exit.tid
+        ),
+        None => {}
+    }
+    if !cli.quiet {
+        eprintln!("{}", escape(&summary(report)));
+    }
+    for warning in &report.warnings {
+        eprintln!("coresnap: warning: pid {pid}: {}", escape(warning));
+    }
+    for range in &report.unreadable {
+        eprintln!(
+            "coresnap: warning: pid {pid}: {:#x}-{:#x} could not be read ({}); it reads as zeros in the core",
+            range.start,
+            range.start + range.len,
+            nix::errno::Errno::from_raw(range.errno).desc()
+        );
+    }
+}
+
+/// What `--on-signal`/`--on-exit` waits for, from the options.
+fn watch_for(cli: &Cli) -> Option<coresnap::watch::WatchFor> {
+    if cli.on_signal.is_none() && cli.on_exit.is_none() {
+        return None;
+    }
+    let signals = cli.on_signal.clone().map(|l| l.0).unwrap_or_default();
+    let on_exit = cli.on_exit.map(|which| match which {
+        OnExitArg::Failure => coresnap::watch::ExitFilter::Failure,
+        OnExitArg::Any => coresnap::watch::ExitFilter::Any,
+    });
+    let mut what = Vec::new();
+    if !signals.is_empty() {
+        let names: Vec<String> = signals
+            .iter()
+            .map(|&s| coresnap::process::signals::signal_name(s))
+            .collect();
+        what.push(if cli.every_signal {
+            format!("at every {} (handled or not)", names.join(", "))
+        } else {
+            format!(
+                "when {} will end it (signals it handles or ignores go through)",
+                names.join(", ")
+            )
+        });
+    }
+    match on_exit {
+        Some(coresnap::watch::ExitFilter::Failure) => {
+            what.push("when it exits with a non-zero status or is killed".into())
+        }
+        Some(coresnap::watch::ExitFilter::Any) => what.push("when it exits".into()),
+        None => {}
+    }
+    let what = what.join(", or ");
+    let quiet = cli.quiet;
+    Some(coresnap::watch::WatchFor {
+        signals,
+        every_signal: cli.every_signal,
+        on_exit,
+        watching: Some(Arc::new(move |pid, threads| {
+            if !quiet {
+                eprintln!(
+                    "coresnap: watching pid {pid} ({}): dumping {what}",
+                    count_of(threads, "thread")
+                );
+            }
+        })),
+    })
+}
+
+enum WatchEnd {
+    Failed,
+    Interrupted(i32),
+}
+
+/// `--on-signal`/`--on-exit` on one pid: up to `-n` dumps, watching again
+/// after each one the process survives.
+fn watch_triggers(cli: &Cli, pid: i32, options: &DumpOptions) -> Result<(), WatchEnd> {
+    let suffix = if cli.compress.is_some() { ".zst" } else { "" };
+    for n in 1..=cli.count {
+        let path = if cli.count > 1 {
+            PathBuf::from(format!("{}.{pid}.{n}{suffix}", cli.output))
+        } else {
+            PathBuf::from(format!("{}.{pid}{suffix}", cli.output))
+        };
+        let result = if cli.output == "-" {
+            match std::io::stdout().as_fd().try_clone_to_owned() {
+                Ok(fd) => coresnap::dump_to_writer(pid, std::fs::File::from(fd), options),
+                Err(source) => Err(coresnap::DumpError::OutputIo {
+                    path: PathBuf::from("standard output"),
+                    source,
+                }),
+            }
+        } else {
+            coresnap::dump_to_path(pid, &path, options)
+        };
+        match result {
+            Ok(report) => {
+                print_report(cli, &report);
+                if report.trigger.as_ref().is_none_or(|t| t.ends_process()) {
+                    return Ok(());
+                }
+            }
+            // Dumps were taken, and the process has ended since.
+            Err(coresnap::DumpError::ExitedWithoutSignal { .. }) if n > 1 => {
+                if !cli.quiet {
+                    eprintln!(
+                        "coresnap: process {pid} ended after {}",
+                        count_of(n as usize - 1, "dump")
+                    );
+                }
+                return Ok(());
+            }
+            Err(error) => {
+                eprintln!("coresnap: {}", escape(&error.to_string()));
+                return Err(match error.interrupted_by() {
+                    Some(signal) => WatchEnd::Interrupted(signal),
+                    None => WatchEnd::Failed,
+                });
+            }
+        }
+        if let Some(signal) = options.cancel.signal() {
+            return Err(WatchEnd::Interrupted(signal));
+        }
+    }
+    Ok(())
 }
 
 fn unpack(
@@ -738,10 +915,10 @@ fn watch_conditions(
                 )
             });
             eprint!(
-                "\r\x1b[Kcoresnap: watching pid {pid}: cpu {:.0}%, rss {}, {} threads ({held})",
+                "\r\x1b[Kcoresnap: watching pid {pid}: cpu {:.0}%, rss {}, {} ({held})",
                 r.cpu_percent,
                 human_bytes(r.rss_bytes),
-                r.threads
+                count_of(r.threads as usize, "thread")
             );
         }
     };

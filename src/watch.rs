@@ -1,11 +1,13 @@
-//! Waiting for the moment to dump: a fatal signal (`--on-signal`), caught
-//! before the target acts on it, or a resource condition (`--cpu-above`,
+//! Waiting for the moment to dump: a signal that will end the target
+//! (`--on-signal`), caught before the target acts on it, the start of its
+//! exit (`--on-exit`), or a resource condition (`--cpu-above`,
 //! `--rss-above`, `--threads-above`) read from `/proc` without stopping the
 //! target.
 
 use crate::cancel::CancelToken;
 use crate::process::freeze::{FreezeError, FrozenProcess, FrozenThread, permission_error};
 use crate::process::info;
+use crate::process::signals::{self, ExitStatus, SignalOrigin};
 use crate::sys::ptrace::{self, TraceStop};
 use nix::errno::Errno;
 use std::collections::BTreeSet;
@@ -25,6 +27,7 @@ pub const DEFAULT_FATAL_SIGNALS: [i32; 7] = [
 ];
 
 const PTRACE_EVENT_CLONE: i32 = 3;
+const PTRACE_EVENT_EXIT: i32 = 6;
 
 #[derive(Debug, Error)]
 pub enum WatchError {
@@ -40,6 +43,45 @@ pub enum WatchError {
     Interrupted { signal: i32 },
 }
 
+/// Which exits `--on-exit` dumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitFilter {
+    /// A non-zero exit status or death by a signal.
+    Failure,
+    /// Every exit, `exit(0)` included.
+    Any,
+}
+
+/// Called once every thread is attached, with the pid and the number of
+/// threads.
+pub type WatchingFn = std::sync::Arc<dyn Fn(i32, usize) + Send + Sync>;
+
+/// What a watch waits for: a signal, an exit, or either, whichever comes
+/// first.
+#[derive(Clone, Default)]
+pub struct WatchFor {
+    /// Signals that trigger a dump (empty: none).
+    pub signals: Vec<i32>,
+    /// Dump at every delivery of a listed signal, even one the target
+    /// handles or ignores; by default only a delivery that will end the
+    /// process triggers a dump.
+    pub every_signal: bool,
+    /// Dump when the process is about to exit.
+    pub on_exit: Option<ExitFilter>,
+    /// Told when watching begins.
+    pub watching: Option<WatchingFn>,
+}
+
+impl std::fmt::Debug for WatchFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchFor")
+            .field("signals", &self.signals)
+            .field("every_signal", &self.every_signal)
+            .field("on_exit", &self.on_exit)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The signal that triggered a dump.
 #[derive(Debug, Clone)]
 pub struct SignalTrigger {
@@ -47,14 +89,66 @@ pub struct SignalTrigger {
     pub signal: i32,
     /// The `siginfo_t` the kernel queued, exactly.
     pub siginfo: [u8; 128],
+    /// Its delivery ends the process: no handler, not ignored, and a
+    /// default action that terminates.
+    pub will_end_process: bool,
+}
+
+impl SignalTrigger {
+    pub fn origin(&self) -> SignalOrigin {
+        SignalOrigin::from_siginfo(&self.siginfo)
+    }
+}
+
+/// The exit that triggered a dump: `tid` is the first thread seen at its
+/// exit stop (the one that called `exit_group`, or the first one the exit
+/// reached).
+#[derive(Debug, Clone, Copy)]
+pub struct ExitTrigger {
+    pub tid: i32,
+    pub status: ExitStatus,
+}
+
+/// What made the watcher dump.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Signal(SignalTrigger),
+    Exit(ExitTrigger),
+}
+
+impl Trigger {
+    pub fn tid(&self) -> i32 {
+        match self {
+            Trigger::Signal(s) => s.tid,
+            Trigger::Exit(e) => e.tid,
+        }
+    }
+
+    /// The process will not survive what triggered the dump, so there is
+    /// nothing left to watch after it.
+    pub fn ends_process(&self) -> bool {
+        match self {
+            Trigger::Signal(s) => s.will_end_process,
+            Trigger::Exit(_) => true,
+        }
+    }
+
+    pub fn signal(&self) -> Option<&SignalTrigger> {
+        match self {
+            Trigger::Signal(s) => Some(s),
+            Trigger::Exit(_) => None,
+        }
+    }
 }
 
 /// What the watch ended with.
 pub enum WatchOutcome {
-    /// A watched signal arrived: every thread is frozen, the signalled one
-    /// holds the signal, which is delivered unchanged when released.
-    Signal(Box<FrozenProcess>, SignalTrigger),
-    /// The process exited without a watched signal.
+    /// The trigger came: every thread is frozen; for a signal, the
+    /// signalled thread holds it, and it is delivered unchanged when
+    /// released; for an exit, every thread sits at its exit stop, and the
+    /// exit goes on when released.
+    Triggered(Box<FrozenProcess>, Trigger),
+    /// The process exited without a trigger.
     Exited,
 }
 
@@ -90,16 +184,17 @@ impl Drop for Watching {
 }
 
 /// Stays attached to `pid` (PTRACE_SEIZE: no stop, no signal) and passes
-/// every signal through at once, until a thread is about to receive one of
-/// `signals`; then freezes the whole process around it.
-pub fn wait_for_signal(
+/// every signal through at once, until the trigger `watch` describes
+/// comes; then freezes the whole process around it.
+pub fn wait_for_trigger(
     pid: i32,
-    signals: &[i32],
+    watch: &WatchFor,
     cancel: &CancelToken,
 ) -> Result<WatchOutcome, WatchError> {
     if info::read_stat(pid).is_none() {
         return Err(FreezeError::NoSuchProcess { pid }.into());
     }
+    let trace_exit = watch.on_exit.is_some();
     let mut watching = Watching {
         pid,
         threads: BTreeSet::new(),
@@ -115,7 +210,7 @@ pub fn wait_for_signal(
             break;
         }
         for tid in new {
-            match ptrace::seize_tracing_clones(tid) {
+            match ptrace::seize_watching(tid, trace_exit) {
                 Ok(()) => {
                     watching.threads.insert(tid);
                 }
@@ -131,6 +226,9 @@ pub fn wait_for_signal(
             }
         }
     }
+    if let Some(watching_fn) = &watch.watching {
+        watching_fn(pid, watching.threads.len());
+    }
     let pt = |tid, op| move |errno| WatchError::Ptrace { tid, op, errno };
     loop {
         let Some((tid, stop)) = ptrace::poll_any().map_err(pt(pid, "waitpid"))? else {
@@ -144,22 +242,53 @@ pub fn wait_for_signal(
             continue;
         };
         match stop {
-            TraceStop::Signal { signal } if signals.contains(&signal) => {
+            TraceStop::Signal { signal } if watch.signals.contains(&signal) => {
+                // Read at the stop, when the kernel has settled how this
+                // delivery will be handled (a forced fault has had its
+                // handler reset already).
+                let will_end_process = signals::disposition(pid, tid, signal)
+                    .is_some_and(|d| signals::will_end_process(d, signal));
+                if !(will_end_process || watch.every_signal) {
+                    ptrace::resume_with(tid, Some(signal)).map_err(pt(tid, "CONT"))?;
+                    continue;
+                }
                 let siginfo = ptrace::get_siginfo(tid).map_err(pt(tid, "GETSIGINFO"))?;
                 watching.stopped.insert(tid);
-                let frozen = freeze_around(&mut watching, tid, signal)?;
-                return Ok(WatchOutcome::Signal(
+                let frozen = freeze_around(&mut watching, tid, Some(signal))?;
+                return Ok(WatchOutcome::Triggered(
                     Box::new(frozen),
-                    SignalTrigger {
+                    Trigger::Signal(SignalTrigger {
                         tid,
                         signal,
                         siginfo,
-                    },
+                        will_end_process,
+                    }),
                 ));
             }
             // Anything else is the target's business: hand it on unchanged.
             TraceStop::Signal { signal } => {
                 ptrace::resume_with(tid, Some(signal)).map_err(pt(tid, "CONT"))?
+            }
+            TraceStop::Event {
+                event: PTRACE_EVENT_EXIT,
+            } => {
+                let status = ptrace::event_message(tid)
+                    .map(|m| ExitStatus::from_wait_status(m as i32))
+                    .map_err(pt(tid, "GETEVENTMSG"))?;
+                let wanted = match watch.on_exit {
+                    Some(ExitFilter::Any) => true,
+                    Some(ExitFilter::Failure) => status.is_failure(),
+                    None => false,
+                };
+                if wanted && !is_lone_thread_exit(pid, tid) {
+                    watching.stopped.insert(tid);
+                    let frozen = freeze_around(&mut watching, tid, None)?;
+                    return Ok(WatchOutcome::Triggered(
+                        Box::new(frozen),
+                        Trigger::Exit(ExitTrigger { tid, status }),
+                    ));
+                }
+                ptrace::resume(tid).map_err(pt(tid, "CONT"))?;
             }
             TraceStop::Event { event } => {
                 if event == PTRACE_EVENT_CLONE
@@ -190,17 +319,28 @@ pub fn wait_for_signal(
     }
 }
 
-/// Stops every other thread while `tid` sits on its signal, and hands them
-/// all over to a [`FrozenProcess`].
+/// At `tid`'s exit stop: it is one thread ending with `SYS_exit` (a
+/// `pthread_exit`) while others live on, not the process ending. A thread
+/// that `exit_group` or a fatal signal takes down stops in whatever system
+/// call it was in, or none; only the thread that called `exit` itself
+/// stops in `exit`.
+fn is_lone_thread_exit(pid: i32, tid: i32) -> bool {
+    let in_exit = ptrace::get_regs(tid).is_ok_and(|r| r.orig_rax == libc::SYS_exit as u64);
+    let others = info::thread_ids(pid).is_ok_and(|tids| tids.iter().any(|&t| t != tid));
+    in_exit && others
+}
+
+/// Stops every other thread while `tid` sits on its signal (or at its exit
+/// stop), and hands them all over to a [`FrozenProcess`].
 fn freeze_around(
     watching: &mut Watching,
     tid: i32,
-    signal: i32,
+    signal: Option<i32>,
 ) -> Result<FrozenProcess, WatchError> {
     let started = Instant::now();
     let mut frozen = vec![FrozenThread {
         tid,
-        owed_signal: Some(signal),
+        owed_signal: signal,
     }];
     let mut waiting: Vec<i32> = watching
         .threads

@@ -3,6 +3,8 @@
  * from stdin, one per line:
  *
  *   segv     call crash_here(), which writes through a null pointer
+ *   selfsegv send itself SIGSEGV with kill(getpid(), SIGSEGV), from
+ *            send_segv_to_self(): no fault, but no handler either
  *   recover  the same, with a SIGSEGV handler installed that siglongjmps
  *            back; prints "recovered" and goes on
  *   spin     burn CPU in spin_here() until killed
@@ -43,6 +45,11 @@ static void on_segv(int sig)
 __attribute__((noinline)) void crash_here(volatile int *where)
 {
     *where = 42;
+}
+
+__attribute__((noinline)) void send_segv_to_self(void)
+{
+    kill(getpid(), SIGSEGV);
 }
 
 __attribute__((noinline)) void spin_here(void)
@@ -86,6 +93,8 @@ int main(void)
     while (fgets(line, sizeof line, stdin)) {
         if (strncmp(line, "segv", 4) == 0) {
             crash_here(NULL);
+        } else if (strncmp(line, "selfsegv", 8) == 0) {
+            send_segv_to_self();
         } else if (strncmp(line, "recover", 7) == 0) {
             struct sigaction segv;
             memset(&segv, 0, sizeof segv);

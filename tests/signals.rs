@@ -421,7 +421,12 @@ fn on_signal_passes_the_storm_through() {
     let threads = thread_ids(pid);
     for session in 0..WATCH_SESSIONS {
         let prefix = scratch.path().join(format!("core-{session}"));
-        let mut watcher = spawn_dump(&["--on-signal=USR2"], &prefix, pid, Stdio::piped());
+        let mut watcher = spawn_dump(
+            &["--on-signal=USR2", "--every-signal"],
+            &prefix,
+            pid,
+            Stdio::piped(),
+        );
         let watcher_pid = watcher.0.id() as i32;
         assert!(
             wait_until(STATE_TIMEOUT, || {

@@ -20,8 +20,8 @@ pub struct Context<'a> {
     pub captured_at: SystemTime,
     pub mode: &'a str,
     pub left_stopped: bool,
-    /// (tid, signal) the dump was taken on, if a signal triggered it.
-    pub trigger: Option<(i32, i32)>,
+    /// The signal or exit the dump was taken on, if any.
+    pub trigger: Option<&'a crate::watch::Trigger>,
     /// How the target was held (`ptrace`, `sigstop`...); without ptrace
     /// the registers are only what `/proc` shows.
     pub freeze: &'a str,
@@ -58,6 +58,58 @@ fn namespaces(pid: i32) -> Option<super::Namespaces> {
         pids,
         pid_inside,
     })
+}
+
+/// The manifest's record of a trigger.
+fn trigger_entry(trigger: &crate::watch::Trigger) -> super::Trigger {
+    use crate::process::signals::{ExitStatus, signal_name};
+    use crate::watch::Trigger;
+    let mut entry = super::Trigger {
+        kind: "signal".into(),
+        tid: trigger.tid(),
+        signal: None,
+        signal_name: None,
+        will_end_process: None,
+        si_code: None,
+        si_code_name: None,
+        sent_by: None,
+        sender_pid: None,
+        sender_uid: None,
+        fault_address: None,
+        exit_status: None,
+    };
+    match trigger {
+        Trigger::Signal(signal) => {
+            let origin = signal.origin();
+            entry.signal = Some(signal.signal);
+            entry.signal_name = Some(signal_name(signal.signal));
+            entry.will_end_process = Some(signal.will_end_process);
+            entry.si_code = Some(origin.si_code);
+            entry.si_code_name = Some(origin.si_code_name);
+            entry.sent_by = Some(
+                if origin.from_kernel {
+                    "kernel"
+                } else {
+                    "process"
+                }
+                .into(),
+            );
+            entry.sender_pid = origin.sender_pid;
+            entry.sender_uid = origin.sender_uid;
+            entry.fault_address = origin.fault_address.map(Hex);
+        }
+        Trigger::Exit(exit) => {
+            entry.kind = "exit".into();
+            match exit.status {
+                ExitStatus::Exited(code) => entry.exit_status = Some(code),
+                ExitStatus::Killed { signal, .. } => {
+                    entry.signal = Some(signal);
+                    entry.signal_name = Some(signal_name(signal));
+                }
+            }
+        }
+    }
+    entry
 }
 
 /// The pre-copy manifest of `snapshot`: reads the host facts, the
@@ -137,12 +189,7 @@ pub fn begin(snapshot: &Snapshot, context: &Context) -> Manifest {
             all: snapshot.policy.all,
             state_before: char::from(snapshot.process.state).to_string(),
             left_stopped: context.left_stopped,
-            trigger: context.trigger.map(|(tid, signal)| super::Trigger {
-                tid,
-                signal,
-                signal_name: nix::sys::signal::Signal::try_from(signal)
-                    .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string()),
-            }),
+            trigger: context.trigger.map(trigger_entry),
             pause_us: None,
             cow: None,
             cow_fallback: None,

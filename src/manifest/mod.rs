@@ -182,14 +182,51 @@ fn default_registers() -> String {
     "complete".into()
 }
 
-/// A signal that was about to be delivered when the target was frozen.
+/// What the dump was taken on (`--on-signal`, `--on-exit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trigger {
-    /// The thread it was for.
+    /// `signal` (a signal about to be delivered) or `exit` (the process
+    /// at the start of its exit). Absent before both existed: `signal`.
+    #[serde(default = "default_trigger_kind")]
+    pub kind: String,
+    /// The thread the signal was for, or the first one seen exiting.
     pub tid: i32,
-    pub signal: i32,
+    /// The signal; for an exit, the signal that killed the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
     /// `SIGSEGV`...
-    pub signal_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_name: Option<String>,
+    /// Delivering the signal ends the process (no handler, not ignored,
+    /// a default action that terminates), as read at the delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub will_end_process: Option<bool>,
+    /// The signal's `si_code`, and its name (`SI_USER`, `SEGV_MAPERR`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub si_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub si_code_name: Option<String>,
+    /// `kernel` (a fault, a timer...) or `process` (kill, tgkill, raise,
+    /// sigqueue: `si_code` <= 0 with a sender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_by: Option<String>,
+    /// The sender's pid and real uid as the target sees them, where the
+    /// kernel records them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_uid: Option<u32>,
+    /// The address a kernel-raised SIGSEGV, SIGBUS, SIGILL or SIGFPE names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_address: Option<Hex>,
+    /// For an exit: the status passed to `exit` (absent when a signal
+    /// killed the process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+}
+
+fn default_trigger_kind() -> String {
+    "signal".into()
 }
 
 /// One mapping and what the dump did with it.

@@ -6,4 +6,5 @@ pub mod inject;
 pub mod maps;
 pub mod memory;
 pub mod permission;
+pub mod signals;
 pub mod unattached;

@@ -28,11 +28,17 @@ pub fn seize(tid: i32) -> Result<(), Errno> {
     ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty())
 }
 
-/// `PTRACE_SEIZE` with `PTRACE_O_TRACECLONE`, so that threads the tracee
-/// creates are attached too (a seized thread that runs cannot be given
-/// options later).
-pub fn seize_tracing_clones(tid: i32) -> Result<(), Errno> {
-    ptrace::seize(Pid::from_raw(tid), ptrace::Options::PTRACE_O_TRACECLONE)
+/// `PTRACE_SEIZE` for watching: with `PTRACE_O_TRACECLONE`, so that
+/// threads the tracee creates are attached too (a seized thread that runs
+/// cannot be given options later), and with `trace_exit` also
+/// `PTRACE_O_TRACEEXIT`, which stops each thread at the start of its exit,
+/// while the process's memory is still whole.
+pub fn seize_watching(tid: i32, trace_exit: bool) -> Result<(), Errno> {
+    let mut options = ptrace::Options::PTRACE_O_TRACECLONE;
+    if trace_exit {
+        options |= ptrace::Options::PTRACE_O_TRACEEXIT;
+    }
+    ptrace::seize(Pid::from_raw(tid), options)
 }
 
 pub fn interrupt(tid: i32) -> Result<(), Errno> {

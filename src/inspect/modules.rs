@@ -485,12 +485,12 @@ fn load_from_disk(
         }
     };
     let disk_ids = read_build_ids(&file);
-    let disk_id_of = |kind: Option<&str>| match kind {
+    // The disk's id of the kind the core records (any, if it records none).
+    info.disk_build_id = match info.build_id_kind {
         Some("go") => disk_ids.go.clone(),
         Some(_) => disk_ids.gnu.as_deref().map(hex_bytes),
         None => disk_ids.primary().map(|(_, id)| id),
     };
-    info.disk_build_id = disk_id_of(info.build_id_kind);
     let core_id = info.build_id.clone().unwrap_or_default();
     match info.recorded_ids.check(&disk_ids) {
         IdCheck::Same => {}

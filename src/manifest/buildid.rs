@@ -101,7 +101,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The bytes of a hex string such as [`hex`] writes.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -35,6 +35,12 @@ const CONSTANTS: &[(&str, &str, &str)] = &[
     ),
     ("docs/FAILURES.md", "2 s", "GRACE in src/main.rs"),
     ("docs/PERFORMANCE.md", "60 s", "RES_TIMEOUT in bench/run.sh"),
+    ("docs/COW.md", "100 ms", "PROBE_WINDOW in src/cow.rs"),
+    (
+        "docs/COW.md",
+        "512 MiB/s",
+        "ASSUMED_COPY_BYTES_PER_SEC in src/cow.rs",
+    ),
 ];
 
 const TIME_AND_RATE_UNITS: &[&str] = &[

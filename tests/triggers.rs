@@ -928,3 +928,41 @@ fn python_null_dereference_is_caught_with_and_without_faulthandler() {
         );
     }
 }
+
+/// `-n 2` with `--every-signal`: after a dump the process survives,
+/// coresnap watches again; each signal is delivered once.
+#[test]
+fn count_keeps_watching_after_a_dump_the_target_survives() {
+    let mut target = Crasher::start();
+    let scratch = Scratch::new("on-signal-count");
+    let prefix = scratch.path().join("usr1");
+    let mut watcher = Watcher::start(
+        &["--on-signal=USR1", "--every-signal", "-n", "2"],
+        &prefix,
+        target.pid,
+    );
+    for n in 1..=2 {
+        watcher.wait_watching();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(target.pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        let core = PathBuf::from(format!("{}.{}.{n}", prefix.display(), target.pid));
+        assert!(
+            wait_until(Duration::from_secs(30), || core.exists()),
+            "no dump {n}"
+        );
+    }
+    let (code, err) = watcher.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("was about to receive SIGUSR1").count(),
+        2,
+        "{err}"
+    );
+    assert!(!err.contains("which ends it"), "{err}");
+    assert_running_untraced(target.pid);
+    target.send("report");
+    assert_eq!(target.line(), "counts usr1=2 chld=0 pipe=0");
+}

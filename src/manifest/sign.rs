@@ -266,7 +266,20 @@ pub fn check(
             });
         }
     };
-    let signature = SshSig::from_pem(&armored).map_err(|source| SignatureError::Malformed {
+    check_armored(manifest, &armored, signature_path, signers, identity, now)
+}
+
+/// [`check`] of a signature already read (`armored`, the `.sig` file's
+/// bytes; `signature_path` names it in errors).
+pub fn check_armored(
+    manifest: &[u8],
+    armored: &[u8],
+    signature_path: &Path,
+    signers: &AllowedSigners,
+    identity: &str,
+    now: SystemTime,
+) -> Result<SignedBy, SignatureError> {
+    let signature = SshSig::from_pem(armored).map_err(|source| SignatureError::Malformed {
         path: signature_path.to_path_buf(),
         source,
     })?;

@@ -478,8 +478,8 @@ fn check_seek_table(path: &Path, manifest: Option<&Manifest>, report: &mut Verif
                     z.frames
                 )),
                 _ => report.pass(format!(
-                    "seek table: {} frames covering {} core bytes, consistent with the file length",
-                    core.frames(),
+                    "seek table: {} covering {} core bytes, consistent with the file length",
+                    crate::inspect::render::count_of(core.frames() as u64, "frame"),
                     core.len()
                 )),
             }

@@ -24,6 +24,15 @@ pub fn json(report: &Report) -> String {
     s
 }
 
+/// "1 frame", "2 frames".
+pub fn count_of(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
@@ -203,13 +212,9 @@ pub fn text(r: &Report) -> String {
     if let Some(d) = &r.file.decompression {
         push_line!(
             o,
-            "zstd:       {} frames; {} read for this report ({} decompressed, {} of {} compressed bytes read)",
-            d.frames,
-            if d.frames_decompressed == 1 {
-                "1 frame".to_string()
-            } else {
-                format!("{} frames", d.frames_decompressed)
-            },
+            "zstd:       {}; {} read for this report ({} decompressed, {} of {} compressed bytes read)",
+            count_of(d.frames as u64, "frame"),
+            count_of(d.frames_decompressed as u64, "frame"),
             human_bytes(d.bytes_decompressed),
             human_bytes(d.compressed_bytes_read),
             human_bytes(r.sizes.file_length),

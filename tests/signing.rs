@@ -358,7 +358,8 @@ fn changed_manifest_and_wrong_key_fail_both_checks() {
 /// again: the forged core says what they want (gdb shows their word), its
 /// manifest is recomputed and agrees with it, so a consistency check alone
 /// passes. With the genuine signature kept beside it, OpenSSH and coresnap
-/// refuse it; with the signature removed, coresnap says it is missing.
+/// refuse it; with the signature removed, coresnap says it is missing, and
+/// a FIFO in its place is refused at once.
 #[test]
 fn forged_core_with_recomputed_manifest_fails_the_signature_check() {
     let [a, b, c] = requirements();
@@ -408,6 +409,13 @@ fn forged_core_with_recomputed_manifest_fails_the_signature_check() {
     assert_coresnap_refuses(&genuine, &allowed, OPS, "does not match the manifest");
     fs::remove_file(with_suffix(&manifest, ".sig")).unwrap();
     assert_coresnap_refuses(&genuine, &allowed, OPS, "no signature at");
+
+    // A FIFO planted as the signature is refused, not waited on.
+    let mut mkfifo = Command::new("mkfifo");
+    mkfifo.arg(with_suffix(&manifest, ".sig"));
+    let out = run_with_timeout(&mut mkfifo, DUMP_TIMEOUT, false);
+    assert!(out.success(), "mkfifo:\n{}", out.describe());
+    assert_coresnap_refuses(&genuine, &allowed, OPS, "not a regular file");
 }
 
 /// Keys coresnap cannot sign with are refused with a reason before the

@@ -161,9 +161,22 @@ fn describe_key(key: &PublicKey) -> String {
     format!("{kind} {}", key.fingerprint(HashAlg::Sha256))
 }
 
-/// Reads at most `limit` bytes; a longer file is an error, not truncated.
+/// Reads at most `limit` bytes of a regular file; a longer file is an
+/// error, not truncated. Opened without blocking and checked before any
+/// read, so that a FIFO or a device planted beside a manifest cannot hang
+/// `verify` or feed it endlessly.
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut data = Vec::new();
     file.take(limit + 1).read_to_end(&mut data)?;
     if data.len() as u64 > limit {
@@ -495,7 +508,7 @@ fn unquote(value: &str) -> Result<String, String> {
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .map(str::to_string)
-        .ok_or_else(|| format!("option value {value} is not in double quotes"))
+        .ok_or_else(|| format!("option value {value:?} is not in double quotes"))
 }
 
 /// `YYYYMMDD[HHMM[SS]]Z`, UTC, as seconds since the epoch. ssh-keygen reads

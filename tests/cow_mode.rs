@@ -382,7 +382,7 @@ fn the_clone_is_the_out_of_memory_killers_first_pick() {
 /// --no-fallback, fails saying why), and the target runs on.
 #[test]
 fn a_target_rewriting_its_memory_gets_a_whole_core_or_a_clear_fallback() {
-    let target = start_hostile(256, "rewrite");
+    let target = start_hostile(128, "rewrite");
     let scratch = Scratch::new("cow-rewrite");
     let kills_before = oom_kills();
 

@@ -214,7 +214,7 @@ pub fn text(r: &Report) -> String {
             o,
             "zstd:       {}; {} read for this report ({} decompressed, {} of {} compressed bytes read)",
             count_of(d.frames as u64, "frame"),
-            count_of(d.frames_decompressed as u64, "frame"),
+            count_of(d.frames_decompressed, "frame"),
             human_bytes(d.bytes_decompressed),
             human_bytes(d.compressed_bytes_read),
             human_bytes(r.sizes.file_length),

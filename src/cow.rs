@@ -487,11 +487,11 @@ impl CowCopy {
         let m = &region.mapping;
         region.dumped_len() > 0
             && ((m.shared && !self.preloaded.iter().any(|p| p.start == m.start))
-                || self.from_target(m.start, m.end).is_some())
+                || self.target_reader_for(m.start, m.end).is_some())
     }
 
     /// The target's memory, if `start..end` is to be read from it.
-    fn from_target(&self, start: u64, end: u64) -> Option<&MemoryReader> {
+    fn target_reader_for(&self, start: u64, end: u64) -> Option<&MemoryReader> {
         self.wiped_in_clone
             .iter()
             .any(|&(s, e)| s <= start && end <= e)
@@ -655,7 +655,7 @@ impl MemorySource for CowCopy {
                     .iter()
                     .filter(|u| u.start < end && addr < u.start + u.len),
             );
-        } else if let Some(target) = self.from_target(addr, end) {
+        } else if let Some(target) = self.target_reader_for(addr, end) {
             target.read(addr, buf, unreadable)?;
         } else {
             self.child_memory.read(addr, buf, unreadable)?;

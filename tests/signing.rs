@@ -280,7 +280,8 @@ fn signed_dumps_verify_with_openssh_and_coresnap() {
 
 /// Changing the manifest after signing, signing with a key the allowed
 /// signers do not list, a signature made for another namespace, and no
-/// signature at all are refused by both OpenSSH and coresnap; a signature
+/// signature at all are refused by both OpenSSH and coresnap, which also
+/// agree on the allowed signers' patterns and options; a signature
 /// made afterwards by OpenSSH itself (the way to sign with a key kept in
 /// ssh-agent) is accepted by coresnap.
 #[test]
@@ -328,6 +329,43 @@ fn changed_manifest_and_wrong_key_fail_both_checks() {
     assert_coresnap_accepts(&forged, &mallory_allowed, "mallory");
     assert_openssh_refuses(&manifest, &allowed, "dev@example.org");
     assert_coresnap_refuses(&core, &allowed, "dev@example.org", "allows it for");
+
+    // Principal patterns, namespaces and validity times of the allowed
+    // signers format, judged alike by both, for three identities.
+    let public = fs::read_to_string(with_suffix(&ops, ".pub")).unwrap();
+    let identities = [OPS, "dev@example.org", "ops@example.com"];
+    let lines = [
+        (
+            format!("*@example.org,!dev@example.org namespaces=\"file,{NAMESPACE}\" {public}"),
+            [true, false, false],
+        ),
+        (format!("{OPS} namespaces=\"file\" {public}"), [false; 3]),
+        (
+            format!("{OPS} valid-before=\"20000101Z\" {public}"),
+            [false; 3],
+        ),
+        (
+            format!("{OPS} valid-after=\"20000101Z\",valid-before=\"99991231Z\" {public}"),
+            [true, false, false],
+        ),
+        (
+            format!("# {OPS} {public}\n{OPS},dev@* cert-authority {public}"),
+            [false; 3],
+        ),
+    ];
+    let patterns = dir.join("allowed-patterns");
+    for (line, expected) in lines {
+        fs::write(&patterns, &line).unwrap();
+        for (identity, accepted) in identities.into_iter().zip(expected) {
+            if accepted {
+                assert_openssh_accepts(&manifest, &patterns, identity);
+                assert_coresnap_accepts(&core, &patterns, identity);
+            } else {
+                assert_openssh_refuses(&manifest, &patterns, identity);
+                assert_coresnap_refuses(&core, &patterns, identity, "is not an allowed signer");
+            }
+        }
+    }
 
     // No signature, then one made afterwards by OpenSSH: for another
     // namespace, then for coresnap's.

@@ -336,7 +336,7 @@ pub fn check_armored(
             ));
         } else if entry.valid_after.is_some_and(|t| now < t) {
             notes.push(format!("{at}: not valid yet (valid-after)"));
-        } else if entry.valid_before.is_some_and(|t| now >= t) {
+        } else if entry.valid_before.is_some_and(|t| now > t) {
             notes.push(format!("{at}: expired (valid-before)"));
         } else {
             return Ok(SignedBy {
@@ -571,13 +571,33 @@ fn matches_pattern_list(name: &str, list: &str) -> Option<bool> {
     result
 }
 
+/// `*` (any run) and `?` (any one byte). On a mismatch only the last `*`
+/// is retried one byte further, so the cost stays O(name × pattern) however
+/// many stars a pattern has.
 fn wildcard_match(name: &[u8], pattern: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| wildcard_match(&name[skip..], rest)),
-        Some((b'?', rest)) => !name.is_empty() && wildcard_match(&name[1..], rest),
-        Some((c, rest)) => name.first() == Some(c) && wildcard_match(&name[1..], rest),
+    let (mut n, mut p) = (0, 0);
+    let mut last_star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                last_star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                n += 1;
+                p += 1;
+            }
+            _ => match last_star {
+                Some((star, matched)) => {
+                    last_star = Some((star, matched + 1));
+                    p = star + 1;
+                    n = matched + 1;
+                }
+                None => return false,
+            },
+        }
     }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -601,6 +621,19 @@ mod tests {
         assert_eq!(matches_pattern_list("ops", "op?"), Some(true));
         assert_eq!(matches_pattern_list("ops", "op"), None);
         assert_eq!(matches_pattern_list("ops", "OPS"), None);
+        assert_eq!(matches_pattern_list("", "*"), Some(true));
+        assert_eq!(matches_pattern_list("abcbd", "a*b?"), Some(true));
+        assert_eq!(matches_pattern_list("abcbde", "a*b?"), None);
+        assert_eq!(
+            matches_pattern_list("ops@a.example.org", "*@*.example.org"),
+            Some(true)
+        );
+        let long = "a".repeat(4096);
+        assert_eq!(matches_pattern_list(&long, &"*a".repeat(64)), Some(true));
+        assert_eq!(
+            matches_pattern_list(&long, &format!("{}b", "*a".repeat(64))),
+            None
+        );
     }
 
     #[test]

@@ -891,6 +891,11 @@ fn dump_once(
         (None, None) => unreachable!("the target is released only with a clone"),
     };
     let mut snapshot = collected.map_err(|e| collect_failed(pid, e))?;
+    // As a signal's thread leads a kernel core, the thread seen first at
+    // its exit leads: gdb opens the core on it. The rest keep their order.
+    if let Some(Trigger::Exit(exit)) = &trigger {
+        snapshot.threads.sort_by_key(|t| t.tid != exit.tid);
+    }
     let cow = cow.map(|(copy, _)| copy);
     if let Some(copy) = &cow {
         for region in &mut snapshot.regions {

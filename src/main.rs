@@ -32,6 +32,8 @@ mod inspect_cli;
   coresnap -z 1234              write core.1234.zst (zstd seekable) and core.1234.zst.json
   coresnap unpack core.1234.zst restore core.1234 as a sparse file (same bytes as zstd -d)
   coresnap verify core.1234.zst check the file against core.1234.zst.json
+  coresnap --sign KEY 1234      also write core.1234.json.sig, an SSH signature
+                                of the manifest that ssh-keygen -Y verify checks
   coresnap demo                 dump a bundled demo process and show it in gdb
 
 Open a core with:  gdb /path/to/program core.1234"
@@ -330,9 +332,11 @@ enum Command {
         jobs: Option<u32>,
     },
     /// Check a core or a .zst against its manifest: hashes of the file and
-    /// of the core bytes, the segments, the CORESNAP note. Prints
-    /// "verified" and exits 0 when everything matches, else lists the
-    /// problems and exits 1. Example: coresnap verify core.1234.zst
+    /// of the core bytes, the segments, the CORESNAP note, and with
+    /// --allowed-signers the manifest's signature. Prints "verified" and
+    /// exits 0 when everything matches, else lists the problems and exits
+    /// 1. Without a signature check it shows consistency, not who made the
+    /// dump. Example: coresnap verify core.1234.zst
     Verify {
         /// The core or .zst file.
         #[arg(value_name = "FILE")]

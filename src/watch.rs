@@ -100,9 +100,9 @@ impl SignalTrigger {
     }
 }
 
-/// The exit that triggered a dump: `tid` is the first thread seen at its
-/// exit stop (the one that called `exit_group`, or the first one the exit
-/// reached).
+/// The exit that triggered a dump: `tid` is the thread that called
+/// `exit_group`, or for a death by a signal the first one seen at its exit
+/// stop.
 #[derive(Debug, Clone, Copy)]
 pub struct ExitTrigger {
     pub tid: i32,
@@ -283,6 +283,7 @@ pub fn wait_for_trigger(
                 if wanted && !is_lone_thread_exit(pid, tid) {
                     watching.stopped.insert(tid);
                     let frozen = freeze_around(&mut watching, tid, None)?;
+                    let tid = exit_group_caller(&frozen).unwrap_or(tid);
                     return Ok(WatchOutcome::Triggered(
                         Box::new(frozen),
                         Trigger::Exit(ExitTrigger { tid, status }),
@@ -317,6 +318,16 @@ pub fn wait_for_trigger(
             TraceStop::NotYet => {}
         }
     }
+}
+
+/// The thread that called `exit_group`, among threads held at their exit
+/// stops: the others, taken down by it, may reach their stops first.
+fn exit_group_caller(frozen: &FrozenProcess) -> Option<i32> {
+    frozen
+        .threads()
+        .iter()
+        .map(|t| t.tid)
+        .find(|&tid| ptrace::get_regs(tid).is_ok_and(|r| r.orig_rax == libc::SYS_exit_group as u64))
 }
 
 /// At `tid`'s exit stop: it is one thread ending with `SYS_exit` (a

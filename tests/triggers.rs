@@ -795,6 +795,10 @@ fn go_panic_is_dumped_at_its_exit() {
     common::elf_readers::assert_readers_agree(&core);
     let (named, out) = backtraces_name(&exe, &core, &["runtime.exit", "runtime.fatalpanic"]);
     assert!(named, "{out}");
+    // gdb opens the core on the thread that was exiting.
+    let out = run_gdb(&exe, &core, &["bt 1"]);
+    let first_frame = out.lines().find(|l| l.starts_with("#0")).unwrap_or("");
+    assert!(first_frame.contains("runtime.exit"), "{out}");
 }
 
 #[test]

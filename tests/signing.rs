@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -469,15 +469,22 @@ fn unusable_keys_are_refused_before_the_dump() {
     let rsa = keygen(dir, "rsa", &["-t", "rsa", "-b", "2048"], "");
     let good = keygen(dir, "good", &["-t", "ed25519"], "");
     let public = with_suffix(&good, ".pub");
+    let exposed = dir.join("exposed");
+    fs::copy(&good, &exposed).unwrap();
+    fs::set_permissions(&exposed, fs::Permissions::from_mode(0o644)).unwrap();
     let absent = dir.join("absent");
     let output = dir.join("out");
     let pid = target.pid.to_string();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--sign", path_str(&protected)],
             "protected by a passphrase",
         ),
         (&["--sign", path_str(&rsa)], "ed25519 or ECDSA"),
+        (
+            &["--sign", path_str(&exposed)],
+            "can be read by others (mode 0644)",
+        ),
         (
             &["--sign", path_str(&public)],
             "is not an OpenSSH private key",

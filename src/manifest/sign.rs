@@ -63,6 +63,10 @@ pub enum SignError {
     )]
     Encrypted { path: PathBuf },
     #[error(
+        "{path} can be read by others (mode {mode:04o}): whoever can read it can sign dumps as this key. Make it readable by its owner only: chmod 600 {path}"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error(
         "{path}: coresnap signs with ed25519 or ECDSA keys (`ssh-keygen -t ed25519`), and this one is {algorithm}{}",
         if matches!(.algorithm, Algorithm::Rsa { .. }) { " (RSA is left out: the Rust RSA implementation's private-key operations are not constant-time)" } else { "" }
     )]
@@ -109,6 +113,19 @@ impl SigningKey {
             path: path.to_path_buf(),
             source,
         })?;
+        // As ssh and ssh-keygen do: a key others can read is not only
+        // this signer's.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(read_err)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(SignError::Exposed {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
+        }
         if key.is_encrypted() {
             return Err(SignError::Encrypted {
                 path: path.to_path_buf(),

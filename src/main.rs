@@ -717,9 +717,9 @@ fn print_report(cli: &Cli, report: &DumpReport) {
             }
         ),
         Some(coresnap::watch::Trigger::Exit(exit)) => eprintln!(
-            "coresnap: pid {pid}: exiting with {} (thread {} first at its exit); dumped, then let it exit",
-            exit.status.describe(),
-            exit.tid
+            "coresnap: pid {pid}: thread {} was exiting with {}; dumped, then let it exit",
+            exit.tid,
+            exit.status.describe()
         ),
         None => {}
     }

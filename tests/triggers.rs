@@ -786,7 +786,10 @@ fn go_panic_is_dumped_at_its_exit() {
     assert_eq!(status.code(), Some(2), "{status:?}");
     let (code, err) = watcher.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("exiting with exit status 2"), "{err}");
+    assert!(
+        err.contains("was exiting with exit status 2; dumped"),
+        "{err}"
+    );
     let core = core_path(&prefix, pid);
     let trigger = manifest_trigger(&core);
     assert_eq!(trigger["kind"], "exit", "{trigger}");

@@ -335,8 +335,8 @@ enum Command {
     /// of the core bytes, the segments, the CORESNAP note, and with
     /// --allowed-signers the manifest's signature. Prints "verified" and
     /// exits 0 when everything matches, else lists the problems and exits
-    /// 1. Without a signature check it shows consistency, not who made the
-    /// dump. Example: coresnap verify core.1234.zst
+    /// with 1. Without a signature check it shows consistency, not who made
+    /// the dump. Example: coresnap verify core.1234.zst
     Verify {
         /// The core or .zst file.
         #[arg(value_name = "FILE")]

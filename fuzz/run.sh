@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every fuzz target in fuzz/fuzz_targets/ for a bounded time each
 # (default 60 s), seeded with the real cores in testdata/cores (the notes
-# target with their PT_NOTE contents). Needs a nightly toolchain and
-# cargo-fuzz: both are installed here if missing, and this fails (non-zero)
-# if they cannot be, or if any target fails; it never skips.
+# target with their PT_NOTE contents) and with the files in seeds/TARGET.
+# Needs a nightly toolchain and cargo-fuzz: both are installed here if
+# missing, and this fails (non-zero) if they cannot be, or if any target
+# fails; it never skips.
 # Usage: fuzz/run.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -55,6 +56,11 @@ for target in "${targets[@]}"; do
     if [ "$target" != notes ]; then
         mkdir -p "corpus/$target"
         cp "${cores[@]}" "corpus/$target/"
+    fi
+    # Targets that read other files (a manifest, a .zst) start from real
+    # ones too.
+    if [ -d "seeds/$target" ]; then
+        cp "seeds/$target"/* "corpus/$target/"
     fi
     echo "fuzz/run.sh: fuzzing $target for ${secs} s"
     cargo +nightly fuzz run "$target" "corpus/$target" -- \

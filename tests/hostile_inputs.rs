@@ -306,7 +306,8 @@ fn an_interrupted_unpack_leaves_nothing() {
     }
 }
 
-/// `--filter`'s default plus the bits that dump shared memory.
+/// Dumps `pid` into `dir` with `extra` options, failing unless coresnap
+/// finishes within `limit`; returns the core and its manifest.
 fn dump_within(
     pid: i32,
     dir: &Path,
@@ -329,7 +330,7 @@ fn dump_within(
     (core, serde_json::from_slice(&manifest).unwrap())
 }
 
-fn mapping_at<'a>(manifest: &'a serde_json::Value, start: u64) -> &'a serde_json::Value {
+fn mapping_at(manifest: &serde_json::Value, start: u64) -> &serde_json::Value {
     manifest["mappings"]
         .as_array()
         .unwrap()

@@ -87,6 +87,14 @@ impl SeekableCore {
         })
     }
 
+    /// A decompressor for [`SeekableCore::decode_frame`].
+    pub fn decompressor() -> Result<zstd::bulk::Decompressor<'static>, ArchiveError> {
+        zstd::bulk::Decompressor::new().map_err(|source| ArchiveError::Read {
+            path: PathBuf::from("(zstd)"),
+            source,
+        })
+    }
+
     /// Uncompressed length (the core's length).
     pub fn len(&self) -> u64 {
         self.table.size_decomp()

@@ -14,14 +14,14 @@
 //!
 //! A read can wait for the target itself: a page of a FUSE file whose
 //! server is the frozen target, or of any file on a hung network file
-//! system. Such waits end only when the reading thread is killed, so memory
-//! that is not private anonymous (files, shared memory) is read on a
-//! helper thread into its own buffer: a read that makes no progress for
-//! [`READ_TIMEOUT`] is abandoned to that thread, its range and the rest of
-//! its mapping recorded as unreadable with `ETIME`, and the dump goes on.
-//! Private anonymous memory cannot wait that way (its only such wait,
-//! userfaultfd, is skipped when the mappings are selected) and is read
-//! directly, without the copy.
+//! system. Such waits end only when the reading thread is killed, so files
+//! on FUSE and network file systems are read on a helper thread into its
+//! own buffer: a read that makes no progress for [`READ_TIMEOUT`] is
+//! abandoned to that thread, its range and the rest of its mapping
+//! recorded as unreadable with `ETIME`, and the dump goes on. Other memory
+//! waits at most for a local disk (userfaultfd, the one other wait on the
+//! target, is skipped when the mappings are selected) and is read directly,
+//! without the copy and the hand-over.
 
 use nix::errno::Errno;
 use nix::sys::uio::{RemoteIoVec, process_vm_readv};
@@ -250,7 +250,11 @@ pub fn with_time_limit<T: Send + 'static>(
     result.recv_timeout(limit).ok()
 }
 
-/// The mappings of `pid` that are not private anonymous memory.
+/// The file mappings of `pid` whose reads may wait for a process, maybe
+/// the frozen target itself: files on FUSE and on network file systems.
+/// Files on local disks, shared memory and private anonymous memory wait
+/// at most for the disk, and are read directly. Without the target's
+/// mount table, every file and shared mapping counts.
 fn mappings_that_may_wait(pid: i32) -> Vec<(u64, u64, AtomicBool)> {
     let Ok(text) = std::fs::read(format!("/proc/{pid}/maps")) else {
         return Vec::new();
@@ -258,11 +262,61 @@ fn mappings_that_may_wait(pid: i32) -> Vec<(u64, u64, AtomicBool)> {
     let Ok(mappings) = crate::process::maps::parse_smaps(&text) else {
         return Vec::new();
     };
+    let served = served_devices(pid);
     mappings
         .iter()
-        .filter(|m| m.shared || m.is_file())
+        .filter(|m| match &served {
+            Some(devices) => m.is_file() && devices.contains(&m.device),
+            None => m.shared || m.is_file(),
+        })
         .map(|m| (m.start, m.end, AtomicBool::new(false)))
         .collect()
+}
+
+/// Devices (major, minor) of the file systems in `pid`'s mount namespace
+/// whose data comes from another process or machine: FUSE (`fuse`,
+/// `fuse.*`, `fuseblk`, virtiofs) and network file systems.
+fn served_devices(pid: i32) -> Option<Vec<(u32, u32)>> {
+    const SERVED: &[&str] = &[
+        "fuse",
+        "fuseblk",
+        "virtiofs",
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "9p",
+        "ceph",
+        "afs",
+        "glusterfs",
+        "ncpfs",
+        "coda",
+        "orangefs",
+        "lustre",
+        "gfs2",
+        "ocfs2",
+    ];
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    let mut devices = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(device), Some(fstype)) = (fields.get(2), fields.get(dash + 1)) else {
+            continue;
+        };
+        let base = fstype.split('.').next().unwrap_or(fstype);
+        if !SERVED.contains(&base) {
+            continue;
+        }
+        if let Some((major, minor)) = device.split_once(':')
+            && let (Ok(major), Ok(minor)) = (major.parse(), minor.parse())
+        {
+            devices.push((major, minor));
+        }
+    }
+    Some(devices)
 }
 
 impl MemoryReader {

@@ -6,8 +6,9 @@
  *
  *   fuse_self
  *
- * The process first moves into a mount namespace of its own (root only), so
- * that its mount disappears with it. The file `data` holds PAGES pages;
+ * The process first moves into a mount namespace of its own (root only),
+ * with a /tmp of its own, so that its mounts and their mount point
+ * disappear with it. The file `data` holds PAGES pages;
  * every byte at offset i is (i * 13) & 0xff. It is mapped MAP_SHARED and
  * never touched, so none of its pages is in memory.
  * Ready line: ready pid= mapping= len= mount=
@@ -157,6 +158,11 @@ int main(void)
     file_len = PAGES * (size_t)sysconf(_SC_PAGESIZE);
     if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
         perror("a mount namespace of its own (needs root)");
+        return 1;
+    }
+    /* A /tmp of its own too: the mount point leaves nothing behind. */
+    if (mount("coresnap-test", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m") != 0) {
+        perror("mount tmpfs on /tmp");
         return 1;
     }
     char dir[] = "/tmp/coresnap-fuse-XXXXXX";

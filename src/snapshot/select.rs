@@ -106,7 +106,7 @@ pub fn decide(
     }
     // Not even with `-a`: the dump would hang. Write-protect registration
     // (`uw`) alone is read as usual: reads never wait for its handler.
-    if (mapping.has_vm_flag(b"um") || mapping.has_vm_flag(b"ui")) && !read_userfaultfd_ranges() {
+    if mapping.has_vm_flag(b"um") || mapping.has_vm_flag(b"ui") {
         return skip(SkipReason::Userfaultfd);
     }
     if policy.all {
@@ -170,14 +170,6 @@ pub fn decide(
             MAPPED_PRIVATE
         },
     })
-}
-
-/// Fault point for the test of the read timeout: with
-/// `CORESNAP_FAULT_READ_USERFAULTFD=1` in the environment, ranges
-/// registered with userfaultfd are read like any other, so that a read
-/// that never completes can be provoked on purpose.
-fn read_userfaultfd_ranges() -> bool {
-    std::env::var_os("CORESNAP_FAULT_READ_USERFAULTFD").is_some_and(|v| v == "1")
 }
 
 #[cfg(test)]

@@ -207,7 +207,10 @@ fn cgroup_room(pid: i32) -> Option<u64> {
     let (root, mut path, limit, usage) = match membership.lines().find_map(|l| {
         let (_, rest) = l.split_once(':')?;
         let (controllers, path) = rest.split_once(':')?;
-        controllers.split(',').any(|c| c == "memory").then_some(path)
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
     }) {
         Some(path) => (
             "/sys/fs/cgroup/memory",
@@ -247,8 +250,7 @@ fn cgroup_room(pid: i32) -> Option<u64> {
 /// process with the highest `oom_score_adj`.
 fn oom_killer_spares_clone() -> Option<&'static str> {
     let set = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/vm/{name}"))
-            .is_ok_and(|v| v.trim() != "0")
+        std::fs::read_to_string(format!("/proc/sys/vm/{name}")).is_ok_and(|v| v.trim() != "0")
     };
     if set("panic_on_oom") {
         Some("vm.panic_on_oom is set (running out of memory panics the machine)")
@@ -290,7 +292,7 @@ fn make_first_oom_victim(clone: i32) -> Result<(), CowError> {
         format!("/proc/{clone}/oom_score_adj"),
         CLONE_OOM_SCORE_ADJ.to_string(),
     )
-        .map_err(|source| CowError::OomScore { clone, source })
+    .map_err(|source| CowError::OomScore { clone, source })
 }
 
 /// Memory only `clone` holds: its private dirty pages, every one a page the
@@ -749,7 +751,11 @@ fn preload(
     for region in regions {
         let m = &region.mapping;
         let in_clone = m.shared && !m.has_vm_flag(b"dc");
-        let source = if in_clone { child_memory } else { target_memory };
+        let source = if in_clone {
+            child_memory
+        } else {
+            target_memory
+        };
         let mut bytes = vec![0u8; region.dumped_len() as usize];
         let mut unreadable = Vec::new();
         source.read(region.mapping.start, &mut bytes, &mut unreadable)?;

@@ -488,7 +488,7 @@ fn main() -> ExitCode {
         Some(path) => match coresnap::manifest::sign::SigningKey::load(path) {
             Ok(key) => Some(Arc::new(key)),
             Err(e) => {
-                eprintln!("coresnap: {e}");
+                eprintln!("coresnap: {}", escape(&e.to_string()));
                 return ExitCode::FAILURE;
             }
         },

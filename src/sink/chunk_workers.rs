@@ -81,6 +81,9 @@ pub(super) struct ChunkWorkers {
     current: Option<Batch>,
     /// Whole chunks of zeros not yet announced to the root thread.
     zero_chunks: u64,
+    /// Zeros after the last whole chunk of zeros, between batches: fewer
+    /// than a chunk, from a chunk boundary.
+    loose_zeros: u64,
     jobs: Option<mpsc::SyncSender<Batch>>,
     order: Option<mpsc::Sender<Entry>>,
     free_rx: mpsc::Receiver<Vec<u8>>,
@@ -123,6 +126,7 @@ impl ChunkWorkers {
             len: 0,
             current: None,
             zero_chunks: 0,
+            loose_zeros: 0,
             jobs: Some(jobs_tx),
             order: Some(order_tx),
             free_rx,
@@ -158,18 +162,23 @@ impl ChunkWorkers {
             self.push_zeros(k);
             n -= k;
         }
-        // Whole chunks of zeros end the batch and are only counted.
-        let whole = n / self.chunk_size;
-        if whole > 0 {
+        if n == 0 {
+            return;
+        }
+        if self.current.is_some() {
+            if n < self.chunk_size {
+                // Data may follow in this chunk: it stays in the batch.
+                self.push_zeros(n);
+                return;
+            }
             self.dispatch();
-            self.zero_chunks += whole;
-            self.len += whole * self.chunk_size;
         }
-        // The start of the next chunk, which the stream may not fill.
-        let rest = n % self.chunk_size;
-        if rest > 0 {
-            self.push_zeros(rest);
-        }
+        // Between batches zeros are only counted: whole chunks of them, and
+        // the start of a chunk, which goes into a batch only if data follows.
+        self.len += n;
+        self.loose_zeros += n;
+        self.zero_chunks += self.loose_zeros / self.chunk_size;
+        self.loose_zeros %= self.chunk_size;
     }
 
     fn push_zeros(&mut self, n: u64) {
@@ -189,11 +198,12 @@ impl ChunkWorkers {
             data.clear();
             let (result, receiver) = mpsc::sync_channel(1);
             self.announce(Entry::Batch(receiver));
-            self.current = Some(Batch {
-                data,
-                runs: Vec::new(),
-                result,
-            });
+            // Zeros counted since the last chunk boundary open the batch.
+            let runs = match std::mem::take(&mut self.loose_zeros) {
+                0 => Vec::new(),
+                n => vec![Run::Zeros(n)],
+            };
+            self.current = Some(Batch { data, runs, result });
         }
         self.current.as_mut().expect("just started")
     }
@@ -239,6 +249,10 @@ impl ChunkWorkers {
 
     /// Waits for every chunk and returns the two roots.
     pub(super) fn finish(mut self) -> HashPair {
+        // A stream that ends in a short chunk of zeros: hashed as a chunk.
+        if self.current.is_none() && self.loose_zeros > 0 {
+            self.current_batch();
+        }
         self.dispatch();
         if self.zero_chunks > 0 {
             let k = std::mem::take(&mut self.zero_chunks);

@@ -711,6 +711,14 @@ mod tests {
             (false, 16384 - 10),
             (false, 3 * 16384),
             (true, 5),
+            // Runs of zeros longer than a chunk, starting mid-chunk, as a
+            // .zst's frames of zeros come after a frame cut at a segment.
+            (false, 1 << 20),
+            (false, 1 << 20),
+            (false, 100),
+            (true, 3),
+            (false, (1 << 20) + 5),
+            (false, 7),
         ];
         let schemes = [
             Chunking {

@@ -3,15 +3,15 @@
 coresnap's manifest records it in core.sha256_chunked (docs/MANIFEST.md,
 "Hashes"). Python's standard library only.
 
-    python3 chunked_sha256.py CORE [CHUNK_SIZE [PAGE_SIZE]]
+    python3 chunked_sha256.py CORE [CHUNK_SIZE [LEAF_SIZE]]
 
-prints "ROOT  CORE". CHUNK_SIZE and PAGE_SIZE are the manifest's
-core.chunk_size and core.page_size (defaults 262144 and 4096). For a .zst,
+prints "ROOT  CORE". CHUNK_SIZE and LEAF_SIZE are the manifest's
+core.chunk_size and core.leaf_size (defaults 262144 and 16384). For a .zst,
 decompress it first (coresnap unpack, or zstd -d).
 
 Chunks that lie in a hole of the file (SEEK_DATA) get the hash of a chunk
 of zeros without being read. A chunk that holds data is read; each of its
-pages that is all zeros gets the known hash of a page of zeros. Stored
+leaves that is all zeros gets the known hash of a leaf of zeros. Stored
 zeros and holes give the same result, so it does not depend on how the
 file system stores the file.
 """
@@ -27,12 +27,12 @@ def sha256(data):
     return hashlib.sha256(data).digest()
 
 
-def chunked_sha256(path, chunk_size=256 << 10, page_size=4096):
-    zero_page = bytes(page_size)
-    zero_leaf = sha256(zero_page)
-    zero_chunk = sha256(zero_leaf * (chunk_size // page_size))
+def chunked_sha256(path, chunk_size=256 << 10, leaf_size=16 << 10):
+    zero_bytes = bytes(leaf_size)
+    zero_leaf = sha256(zero_bytes)
+    zero_chunk = sha256(zero_leaf * (chunk_size // leaf_size))
     le64 = lambda n: n.to_bytes(8, "little")
-    root = hashlib.sha256(TAG + le64(page_size) + le64(chunk_size))
+    root = hashlib.sha256(TAG + le64(leaf_size) + le64(chunk_size))
     with open(path, "rb") as f:
         fd = f.fileno()
         length = os.fstat(fd).st_size
@@ -56,8 +56,8 @@ def chunked_sha256(path, chunk_size=256 << 10, page_size=4096):
                 start += batch * chunk_size
             chunk = os.pread(fd, min(chunk_size, length - start), start)
             leaves = b"".join(
-                zero_leaf if page == zero_page else sha256(page)
-                for page in (chunk[i:i + page_size] for i in range(0, len(chunk), page_size))
+                zero_leaf if leaf == zero_bytes else sha256(leaf)
+                for leaf in (chunk[i:i + leaf_size] for i in range(0, len(chunk), leaf_size))
             )
             root.update(sha256(leaves))
             start += len(chunk)
@@ -67,6 +67,6 @@ def chunked_sha256(path, chunk_size=256 << 10, page_size=4096):
 
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3, 4):
-        sys.exit("usage: chunked_sha256.py CORE [CHUNK_SIZE [PAGE_SIZE]]")
+        sys.exit("usage: chunked_sha256.py CORE [CHUNK_SIZE [LEAF_SIZE]]")
     sizes = [int(a) for a in sys.argv[2:]]
     print(f"{chunked_sha256(sys.argv[1], *sizes)}  {sys.argv[1]}")

@@ -85,13 +85,13 @@ fn sha256sum(file: &Path) -> String {
 
 /// The chunked SHA-256 root of a plain core as `docs/chunked_sha256.py`
 /// (Python's standard library, independent of coresnap's code) computes it.
-fn chunked_sha256_by_script(core: &Path, (chunk_size, page_size): (u64, u64)) -> String {
+fn chunked_sha256_by_script(core: &Path, (chunk_size, leaf_size): (u64, u64)) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/chunked_sha256.py");
     let mut cmd = Command::new("python3");
     cmd.arg(&script)
         .arg(core)
         .arg(chunk_size.to_string())
-        .arg(page_size.to_string());
+        .arg(leaf_size.to_string());
     let out = run_with_timeout(&mut cmd, DUMP_TIMEOUT, false);
     assert!(
         out.success(),
@@ -106,18 +106,18 @@ fn chunked_sha256_by_script(core: &Path, (chunk_size, page_size): (u64, u64)) ->
         .to_string()
 }
 
-/// The manifest's chunk and page sizes, after checking they are coresnap's.
+/// The manifest's chunk and leaf sizes, after checking they are coresnap's.
 fn chunk_size_of(manifest: &Value) -> (u64, u64) {
     let size = |field: &str| {
         manifest["core"][field]
             .as_u64()
             .unwrap_or_else(|| panic!("core.{field} in {manifest:#}"))
     };
-    let sizes = (size("chunk_size"), size("page_size"));
+    let sizes = (size("chunk_size"), size("leaf_size"));
     assert_eq!(
         sizes,
-        (256 << 10, 4096),
-        "docs/MANIFEST.md names 256 KiB chunks of 4 KiB pages"
+        (256 << 10, 16 << 10),
+        "docs/MANIFEST.md names 256 KiB chunks of 16 KiB leaves"
     );
     sizes
 }
@@ -528,7 +528,7 @@ fn verify_catches_damage() {
     fs::write(&flipped, &bytes).unwrap();
     let report = assert_not_verified(
         &flipped,
-        "chunked (256 KiB chunks of 4 KiB pages): SHA-256 is",
+        "chunked (256 KiB chunks of 16 KiB leaves): SHA-256 is",
     );
     assert!(report.contains("BLAKE3 is"), "{report}");
 
@@ -563,7 +563,7 @@ fn verify_catches_damage() {
     );
     let report = assert_not_verified(
         &punched,
-        "chunked (256 KiB chunks of 4 KiB pages): SHA-256 is",
+        "chunked (256 KiB chunks of 16 KiB leaves): SHA-256 is",
     );
     assert!(report.contains("file length: "), "{report}");
 
@@ -577,7 +577,7 @@ fn verify_catches_damage() {
     .unwrap();
     let report = assert_not_verified(&short, "(truncated)");
     assert!(
-        report.contains("chunked (256 KiB chunks of 4 KiB pages): SHA-256 is"),
+        report.contains("chunked (256 KiB chunks of 16 KiB leaves): SHA-256 is"),
         "{report}"
     );
     let zbytes = fs::read(&zst).unwrap();
@@ -764,7 +764,7 @@ fn flat_hashes_for_small_cores_and_on_request() {
         report.success()
             && report
                 .stdout
-                .contains("chunked (256 KiB chunks of 4 KiB pages): SHA-256"),
+                .contains("chunked (256 KiB chunks of 16 KiB leaves): SHA-256"),
         "{}",
         report.describe()
     );

@@ -166,7 +166,10 @@ fn terabyte_reservation_costs_what_its_data_costs() {
         "marker in the file"
     );
     file.write_all_at(&[page[0] ^ 1], page_at).unwrap();
-    assert_rejected(&core, "chunked (256 KiB chunks of 4 KiB pages): SHA-256 is");
+    assert_rejected(
+        &core,
+        "chunked (256 KiB chunks of 16 KiB leaves): SHA-256 is",
+    );
     file.write_all_at(&page[..1], page_at).unwrap();
     // SAFETY: fallocate on a descriptor this test owns; no memory is passed.
     let r = unsafe {
@@ -178,7 +181,10 @@ fn terabyte_reservation_costs_what_its_data_costs() {
         )
     };
     assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
-    assert_rejected(&core, "chunked (256 KiB chunks of 4 KiB pages): BLAKE3 is");
+    assert_rejected(
+        &core,
+        "chunked (256 KiB chunks of 16 KiB leaves): BLAKE3 is",
+    );
     file.write_all_at(&page, page_at).unwrap();
     assert_verifies(&core);
     file.set_len(meta.len() - 4096).unwrap();

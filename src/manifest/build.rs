@@ -284,7 +284,7 @@ impl Manifest {
             notes_offset: outcome.layout.notes_offset,
             written_bytes: outcome.written.iter().sum(),
             chunk_size: None,
-            page_size: None,
+            leaf_size: None,
             blake3_chunked: None,
             sha256_chunked: None,
             blake3: None,
@@ -300,7 +300,7 @@ impl Manifest {
         if let Some(core) = &mut self.core {
             if let Some(chunked) = &digests.chunked {
                 core.chunk_size = Some(chunked.chunking.chunk_size);
-                core.page_size = chunked.chunking.page_size;
+                core.leaf_size = chunked.chunking.leaf_size;
                 core.blake3_chunked = Some(chunked.root.blake3_hex());
                 core.sha256_chunked = Some(chunked.root.sha256_hex());
             }

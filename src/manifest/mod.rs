@@ -28,7 +28,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const SCHEMA: &str = "coresnap-manifest";
 /// Value of the `version` field; bumped on any incompatible change (2: the
 /// chunked hashes; the flat ones became optional. 3: the chunked hashes
-/// cover pages within chunks, `core.page_size`).
+/// cover leaves within chunks, `core.leaf_size`).
 pub const VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,7 +295,7 @@ pub struct CoreEntry {
     /// Page size of the chunked hashes (version 3 on; absent in version 2,
     /// whose chunked hashes have no page level).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub page_size: Option<u64>,
+    pub leaf_size: Option<u64>,
     /// Chunked BLAKE3 root of the core bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3_chunked: Option<String>,

@@ -11,7 +11,7 @@
 //! to a thread would cost more than hashing it.
 //!
 //! Runs of zeros are never materialised: a batch lists them as lengths, a
-//! whole page of them costs its known leaf hash, a whole chunk of them
+//! whole leaf of them costs its known leaf hash, a whole chunk of them
 //! (between batches) the known chunk hash, fed by the root thread.
 //!
 //! The same workers compute version 2's scheme (no page level, a chunk's
@@ -65,11 +65,11 @@ enum Entry {
 /// The shape of the hash and its known values for zeros.
 #[derive(Clone, Copy)]
 struct Scheme {
-    /// Bytes per leaf: the page, or in version 2's scheme the chunk.
+    /// Bytes per leaf, or in version 2's scheme per chunk.
     leaf_size: u64,
     /// Leaves per chunk; 1 and no chunk level in version 2's scheme.
     per_chunk: u64,
-    paged: bool,
+    two_level: bool,
     zero_leaf: HashPair,
     zero_chunk: HashPair,
 }
@@ -279,17 +279,17 @@ impl Drop for ChunkWorkers {
 
 impl Scheme {
     fn new(chunking: Chunking) -> Scheme {
-        match chunking.page_size {
-            Some(page) => {
-                let per_chunk = chunking.chunk_size / page;
+        match chunking.leaf_size {
+            Some(leaf) => {
+                let per_chunk = chunking.chunk_size / leaf;
                 let zero_leaf = HashPair {
-                    blake3: zero_hash::<blake3::Hasher>(page),
-                    sha256: zero_hash::<sha2::Sha256>(page),
+                    blake3: zero_hash::<blake3::Hasher>(leaf),
+                    sha256: zero_hash::<sha2::Sha256>(leaf),
                 };
                 Scheme {
-                    leaf_size: page,
+                    leaf_size: leaf,
                     per_chunk,
-                    paged: true,
+                    two_level: true,
                     zero_leaf,
                     zero_chunk: HashPair {
                         blake3: repeated_hash::<blake3::Hasher>(&zero_leaf.blake3, per_chunk),
@@ -305,7 +305,7 @@ impl Scheme {
                 Scheme {
                     leaf_size: chunking.chunk_size,
                     per_chunk: 1,
-                    paged: false,
+                    two_level: false,
                     zero_leaf: zero,
                     zero_chunk: zero,
                 }
@@ -372,7 +372,7 @@ struct ChunkState<'a, A> {
     leaf: A,
     /// Bytes of the current leaf hashed so far.
     leaf_filled: u64,
-    /// The hash over the current chunk's leaf hashes (paged scheme).
+    /// The hash over the current chunk's leaf hashes (scheme v2).
     chunk: A,
     /// Leaves of the current chunk closed so far.
     leaves: u64,
@@ -383,11 +383,11 @@ impl<A: Algorithm> ChunkState<'_, A> {
     fn data(&mut self, mut bytes: &[u8]) {
         let leaf_size = self.scheme.leaf_size;
         while !bytes.is_empty() {
-            // A stored page of zeros (a .zst's, another tool's core) costs
-            // a scan, not a hash; a page of data, a look at its first bytes.
-            if self.scheme.paged && self.leaf_filled == 0 && bytes.len() as u64 >= leaf_size {
-                let (page, rest) = bytes.split_at(leaf_size as usize);
-                if super::is_zero(&page[..64.min(page.len())]) && super::is_zero(page) {
+            // A stored leaf of zeros (a .zst's, another tool's core) costs
+            // a scan, not a hash; a leaf of data, a look at its first bytes.
+            if self.scheme.two_level && self.leaf_filled == 0 && bytes.len() as u64 >= leaf_size {
+                let (leaf, rest) = bytes.split_at(leaf_size as usize);
+                if super::is_zero(&leaf[..64.min(leaf.len())]) && super::is_zero(leaf) {
                     self.leaf_done(self.zero_leaf);
                     bytes = rest;
                     continue;
@@ -433,7 +433,7 @@ impl<A: Algorithm> ChunkState<'_, A> {
     }
 
     fn leaf_done(&mut self, digest: [u8; 32]) {
-        if !self.scheme.paged {
+        if !self.scheme.two_level {
             self.out.push(digest);
             return;
         }
@@ -478,10 +478,10 @@ fn root_thread(
     order: &mpsc::Receiver<Entry>,
     stop: &AtomicBool,
 ) -> HashPair {
-    let start = |root: &mut dyn FnMut(&[u8])| match chunking.page_size {
-        Some(page) => {
+    let start = |root: &mut dyn FnMut(&[u8])| match chunking.leaf_size {
+        Some(leaf) => {
             root(CHUNKED_TAG);
-            root(&page.to_le_bytes());
+            root(&leaf.to_le_bytes());
             root(&chunking.chunk_size.to_le_bytes());
         }
         None => {

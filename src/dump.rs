@@ -852,6 +852,14 @@ fn dump_once(
     let mut cow = None;
     match (options.mode, &hold) {
         (DumpMode::Stop, _) | (_, Hold::Unattached(_)) => {}
+        // The trigger's signal or exit goes on when the target is released,
+        // which a fatal one ends, and the exit stop is where a clone would
+        // have to be made: the process is dumped where the trigger holds it.
+        (DumpMode::Cow { .. }, _) if trigger.is_some() => {
+            cow_fallback = Some(
+                "a trigger holds the process at its signal or exit, and releasing it early would let that go on".to_string(),
+            );
+        }
         // A stopped target stays stopped either way: no pause to shorten.
         (DumpMode::Cow { .. }, _) if hold.was_stopped() => {
             cow_fallback =

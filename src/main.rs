@@ -889,7 +889,11 @@ fn verify(
     cancel: &CancelToken,
 ) -> ExitCode {
     let report = coresnap::archive::verify::verify_signed(file, manifest, signers, cancel);
-    print!("{}", report.render());
+    // The report quotes the manifest (recorded hashes, names): each line
+    // is shown escaped.
+    for line in report.render().lines() {
+        println!("{}", escape(line));
+    }
     if let Some(signal) = report.interrupted {
         return ExitCode::from(128 + signal as u8);
     }

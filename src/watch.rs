@@ -246,8 +246,10 @@ pub fn wait_for_trigger(
                 // Read at the stop, when the kernel has settled how this
                 // delivery will be handled (a forced fault has had its
                 // handler reset already).
+                // A disposition that cannot be read counts as fatal: a
+                // needless dump is better than a crash let through.
                 let will_end_process = signals::disposition(pid, tid, signal)
-                    .is_some_and(|d| signals::will_end_process(d, signal));
+                    .is_none_or(|d| signals::will_end_process(d, signal));
                 if !(will_end_process || watch.every_signal) {
                     ptrace::resume_with(tid, Some(signal)).map_err(pt(tid, "CONT"))?;
                     continue;
@@ -337,7 +339,10 @@ fn exit_group_caller(frozen: &FrozenProcess) -> Option<i32> {
 /// stops in `exit`.
 fn is_lone_thread_exit(pid: i32, tid: i32) -> bool {
     let in_exit = ptrace::get_regs(tid).is_ok_and(|r| r.orig_rax == libc::SYS_exit as u64);
-    let others = info::thread_ids(pid).is_ok_and(|tids| tids.iter().any(|&t| t != tid));
+    // A leader that called pthread_exit stays listed as a zombie until the
+    // last thread goes: it does not keep the process alive.
+    let alive = |t: i32| !matches!(info::thread_state(pid, t), Some('Z' | 'X') | None);
+    let others = info::thread_ids(pid).is_ok_and(|tids| tids.iter().any(|&t| t != tid && alive(t)));
     in_exit && others
 }
 

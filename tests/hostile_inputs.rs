@@ -274,6 +274,16 @@ fn leftovers(dir: &Path, keep: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Whether process `pid` has a file under `dir` open (an unnamed
+/// `O_TMPFILE` shows as `DIR/#NUMBER (deleted)`).
+fn writes_into(pid: i32, dir: &Path) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| target.starts_with(dir) && !target.ends_with("big.zst"))
+}
+
 #[test]
 fn an_interrupted_unpack_leaves_nothing() {
     let scratch = Scratch::new("interrupted");
@@ -286,7 +296,17 @@ fn an_interrupted_unpack_leaves_nothing() {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        std::thread::sleep(Duration::from_millis(400));
+        // Signal it once it writes its output: its handlers are in place
+        // by then, and the output file exists, unnamed.
+        let writing = Instant::now();
+        while !writes_into(pid, scratch.path()) {
+            assert!(
+                writing.elapsed() < Duration::from_secs(20),
+                "coresnap unpack never opened its output in {}",
+                scratch.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // While it runs, nothing is visible under any name.
         assert_eq!(leftovers(scratch.path(), &bomb), Vec::<PathBuf>::new());
         // SAFETY: signalling the child this test started and has not reaped.

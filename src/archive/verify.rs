@@ -295,9 +295,9 @@ pub fn verify_signed(
             let what = format!(
                 "core bytes, chunked ({} KiB chunks{})",
                 core.chunk_size.unwrap_or(0) >> 10,
-                match core.page_size {
-                    Some(page) if page >= 1024 => format!(" of {} KiB pages", page >> 10),
-                    Some(page) => format!(" of {page}-byte pages"),
+                match core.leaf_size {
+                    Some(leaf) if leaf >= 1024 => format!(" of {} KiB leaves", leaf >> 10),
+                    Some(leaf) => format!(" of {leaf}-byte leaves"),
                     None => String::new(),
                 }
             );
@@ -359,10 +359,21 @@ fn read_head(file: &mut File, head: &mut [u8]) -> io::Result<usize> {
 pub const MAX_MANIFEST: u64 = 32 << 20;
 
 /// The bytes of `path` if it holds at most `limit` (`None` if more; only
-/// `limit + 1` bytes are ever read, whatever the file is).
+/// `limit + 1` bytes are ever read). Only a regular file is read: opened
+/// without blocking, a FIFO planted as the manifest cannot hang `verify`.
 fn read_limited(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
-    let file = File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut text = Vec::new();
     file.take(limit + 1).read_to_end(&mut text)?;
     Ok((text.len() as u64 <= limit).then_some(text))
@@ -506,14 +517,14 @@ fn wanted_hashes(manifest: Option<&Manifest>, kind: FileKind, report: &mut Verif
                 return None;
             };
             // Version 2 chunked hashes have no page level; from version 3
-            // on the page size must be there.
-            if manifest.version >= 3 && c.page_size.is_none() {
-                report.fail("the manifest has chunked hashes but no page size".to_string());
+            // on the leaf size must be there.
+            if manifest.version >= 3 && c.leaf_size.is_none() {
+                report.fail("the manifest has chunked hashes but no leaf size".to_string());
                 return None;
             }
             let chunking = Chunking {
                 chunk_size,
-                page_size: c.page_size,
+                leaf_size: c.leaf_size,
             };
             chunking.check().map_err(|e| report.fail(e)).ok()
         });

@@ -551,15 +551,39 @@ mod tests {
 
     #[test]
     fn sampler_sees_own_cpu_use() {
+        // This thread's CPU time in clock ticks (utime + stime), as the
+        // kernel counts it: on a loaded machine the spin below gets only
+        // part of a CPU, so it spins until it has had 300 ms of one.
+        fn own_ticks() -> u64 {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+            fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        }
+        let tick_ms = 1000 / procfs::ticks_per_second();
         let mut sampler = Sampler::new(std::process::id() as i32);
         sampler.sample().unwrap();
         let start = Instant::now();
+        let ticks_before = own_ticks();
         let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(300) {
-            x = std::hint::black_box(x.wrapping_add(1));
+        while (own_ticks() - ticks_before) * tick_ms < 300 {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no CPU time in 60 s"
+            );
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         }
         let reading = sampler.sample().unwrap();
-        assert!(reading.cpu_percent > 30.0, "{reading:?}");
+        let spun_ms = ((own_ticks() - ticks_before) * tick_ms) as f64;
+        // The process used at least what this thread did (less a tick of
+        // rounding at each end).
+        let at_least =
+            (spun_ms - 2.0 * tick_ms as f64) / start.elapsed().as_millis() as f64 * 100.0;
+        assert!(
+            reading.cpu_percent >= at_least,
+            "{reading:?}, at least {at_least:.1}%"
+        );
         assert!(reading.threads >= 1 && reading.rss_bytes > 0);
     }
 }

@@ -492,7 +492,18 @@ fn eu_stack_stacks(exe: &Path, core: &Path) -> Stacks {
     let mut cmd = Command::new("eu-stack");
     cmd.arg("--core").arg(core).arg("-e").arg(exe);
     let res = run_with_timeout(&mut cmd, DEBUGGER_TIMEOUT, false);
-    assert!(res.success(), "eu-stack failed:\n{}", res.describe());
+    // eu-stack exits 1 when it cannot unwind a thread to its end: Go code
+    // has no .eh_frame and JIT code no unwind data at all, whoever wrote
+    // the core. That, and only that, is not a failure to read the core.
+    let unwinding_stops = res
+        .stderr
+        .lines()
+        .all(|l| l.trim().is_empty() || l.starts_with("eu-stack: dwfl_thread_getframes tid "));
+    assert!(
+        res.success() || (res.status.code() == Some(1) && unwinding_stops),
+        "eu-stack failed:\n{}",
+        res.describe()
+    );
     parse_eu_stack(&res.stdout)
 }
 
@@ -786,13 +797,19 @@ fn redis_server_in_gdb_lldb_and_eu_stack() {
         redis(&socket, "SET coresnap kept-across-dumps"),
         Ok("+OK\r\n".to_string())
     );
-    let background: Vec<i32> = thread_ids(pid)
-        .into_iter()
-        .filter(|&tid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                .is_ok_and(|comm| comm.starts_with("bio_"))
-        })
-        .collect();
+    // Each bio thread names itself once it runs, which may be after redis
+    // already answers.
+    let bio_threads = || -> Vec<i32> {
+        thread_ids(pid)
+            .into_iter()
+            .filter(|&tid| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    .is_ok_and(|comm| comm.starts_with("bio_"))
+            })
+            .collect()
+    };
+    wait_until(STATE_TIMEOUT, || bio_threads().len() == 3);
+    let background = bio_threads();
     assert_eq!(background.len(), 3, "redis 7 has three bio_ threads");
     let known = [
         Known {
@@ -966,4 +983,87 @@ fn go_server_core_is_named_by_inspect_as_by_gdb() {
         "no thread in main.spin:\n{}",
         describe_stacks(&ours)
     );
+}
+
+/// Waits until `pid`'s thread list stays the same for half a second: the
+/// Go runtime and the JVM start threads of their own for a while after
+/// they start, and a dump here wants the same threads before and after.
+fn wait_threads_settled(name: &str, pid: i32) {
+    let settled = wait_until(STATE_TIMEOUT, || {
+        let before = thread_ids(pid);
+        thread::sleep(Duration::from_millis(500));
+        thread_ids(pid) == before
+    });
+    assert!(settled, "{name}'s threads never stopped changing");
+}
+
+/// The Go server in gdb, lldb and eu-stack, in stop and cow mode, as
+/// python, node and redis: every thread in each, threads parked in the
+/// runtime named as such, and the server answering after each dump.
+#[test]
+fn go_server_in_gdb_lldb_and_eu_stack() {
+    require!(
+        ptrace_access(),
+        program("go", "version", "golang-go"),
+        require_debuggers(),
+    );
+    let scratch = Scratch::new("real-go-debuggers");
+    let exe = build_go_server(&scratch);
+    let target = Target::spawn(&exe, &[]);
+    let pid = target.pid;
+    let addr: SocketAddr = format!("127.0.0.1:{}", target.num("port")).parse().unwrap();
+    wait_threads_settled("the Go server", pid);
+    let known = [Known {
+        what: "threads parked in the runtime",
+        threads: Which::AtLeast(1),
+        frames: &["runtime.futex"],
+    }];
+    let mut serving = || http_get(addr, "/work?n=10").map(|_| ());
+    dump_and_read_in_debuggers("go-server", pid, &scratch, &known, &mut serving);
+}
+
+/// The JVM of the load test in gdb, lldb and eu-stack, in stop and cow
+/// mode: every one of its threads in each, and its workers still catching
+/// NullPointerExceptions after each dump.
+#[test]
+fn jvm_in_gdb_lldb_and_eu_stack() {
+    require!(
+        ptrace_access(),
+        program("javac", "-version", "openjdk-17-jdk-headless"),
+        program("java", "-version", "openjdk-17-jdk-headless"),
+        require_debuggers(),
+    );
+    let scratch = Scratch::new("real-jvm-debuggers");
+    let classes = build_java_load(&scratch);
+    let counts = scratch.path().join("counts");
+    let target = Target::spawn(
+        Path::new("java"),
+        &[
+            OsStr::new("-Xmx64m"),
+            OsStr::new("-Xms16m"),
+            OsStr::new("-cp"),
+            classes.as_os_str(),
+            OsStr::new("Load"),
+            counts.as_os_str(),
+        ],
+    );
+    let pid = target.pid;
+    wait_threads_settled("the JVM", pid);
+    // Every JVM thread waits in glibc's futex wait but the workers.
+    let known = [Known {
+        what: "threads waiting on a condition",
+        threads: Which::AtLeast(2),
+        frames: &["pthread_cond"],
+    }];
+    let mut catching = || {
+        let (_, before) = read_jvm_counts(&counts).ok_or("no counts file")?;
+        if wait_until(STATE_TIMEOUT, || {
+            read_jvm_counts(&counts).is_some_and(|(_, npe)| npe > before)
+        }) {
+            Ok(())
+        } else {
+            Err(format!("the workers stayed at {before} exceptions"))
+        }
+    };
+    dump_and_read_in_debuggers("jvm", pid, &scratch, &known, &mut catching);
 }

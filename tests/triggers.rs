@@ -804,13 +804,9 @@ fn go_panic_is_dumped_at_its_exit() {
     assert!(first_frame.contains("runtime.exit"), "{out}");
 }
 
-#[test]
-fn jvm_crash_is_dumped_at_abort_not_at_its_null_checks() {
-    require!(
-        program("javac", "-version", "openjdk-17-jdk-headless"),
-        program("java", "-version", "openjdk-17-jre-headless")
-    );
-    let scratch = Scratch::new("on-signal-jvm");
+/// testdata/java/Crash.java compiled and started, its hs_err file kept in
+/// `scratch`.
+fn start_crash_jvm(scratch: &Scratch) -> Spawned {
     let classes = scratch.path().join("classes");
     let mut javac = Command::new("javac");
     javac
@@ -829,7 +825,17 @@ fn jvm_crash_is_dumped_at_abort_not_at_its_null_checks() {
         .arg("-cp")
         .arg(&classes)
         .arg("Crash");
-    let mut jvm = Spawned::start(java);
+    Spawned::start(java)
+}
+
+#[test]
+fn jvm_crash_is_dumped_at_abort_not_at_its_null_checks() {
+    require!(
+        program("javac", "-version", "openjdk-17-jdk-headless"),
+        program("java", "-version", "openjdk-17-jre-headless")
+    );
+    let scratch = Scratch::new("on-signal-jvm");
+    let mut jvm = start_crash_jvm(&scratch);
     let pid = jvm.pid;
     let exe = jvm.exe();
     // The JVM's SIGSEGVs: null checks in compiled code, safepoint polls.
@@ -879,6 +885,43 @@ fn jvm_crash_is_dumped_at_abort_not_at_its_null_checks() {
             && out.contains("JVM_handle_linux_signal")
             && out.contains("<signal handler called>")
             && out.contains("Unsafe_PutLong"),
+        "{out}"
+    );
+}
+
+/// A JVM that calls System.exit(1): no signal, a non-zero status, caught by
+/// `--on-exit` with its memory whole, gdb showing the thread that exits.
+#[test]
+fn jvm_system_exit_is_dumped_at_its_exit() {
+    require!(
+        program("javac", "-version", "openjdk-17-jdk-headless"),
+        program("java", "-version", "openjdk-17-jre-headless")
+    );
+    let scratch = Scratch::new("on-exit-jvm");
+    let mut jvm = start_crash_jvm(&scratch);
+    let pid = jvm.pid;
+    let exe = jvm.exe();
+    let prefix = scratch.path().join("exit");
+    let mut watcher = Watcher::start(&["--on-exit", "--filter", "0x33"], &prefix, pid);
+    watcher.wait_watching();
+    jvm.send("exit");
+    let status = jvm.wait_end(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let (code, err) = watcher.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("was exiting with exit status 1; dumped"),
+        "{err}"
+    );
+    let core = core_path(&prefix, pid);
+    let trigger = manifest_trigger(&core);
+    assert_eq!(trigger["kind"], "exit", "{trigger}");
+    assert_eq!(trigger["exit_status"], 1, "{trigger}");
+    // gdb opens the core on the thread that called exit: for System.exit
+    // the JVM's VM thread, which runs the halt as a VM operation.
+    let out = run_gdb(&exe, &core, &["bt"]);
+    assert!(
+        out.contains("os::exit") && out.contains("VMThread::"),
         "{out}"
     );
 }

@@ -3,7 +3,8 @@
 // each one a SIGSEGV that the JVM's own handler turns into the exception)
 // until the test writes "crash" on stdin; then the main thread writes
 // through address 0 with sun.misc.Unsafe. That SIGSEGV is not a null check
-// the JVM knows, so its handler writes hs_err and calls abort().
+// the JVM knows, so its handler writes hs_err and calls abort(). On "exit"
+// the main thread calls System.exit(1) instead (the --on-exit test).
 //
 //   java Crash   prints "ready pid=N", then "npe=N" for each "count" line
 
@@ -64,6 +65,8 @@ public class Crash {
                 System.out.flush();
             } else if (line.equals("crash")) {
                 writeThroughNull();
+            } else if (line.equals("exit")) {
+                System.exit(1);
             }
         }
     }

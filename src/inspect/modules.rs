@@ -683,8 +683,14 @@ fn debug_frame(data: &FileBytes, obj: &object::File<'_>) -> Option<Shared> {
         return shared_section(data, obj, ".debug_frame").map(|s| s.0);
     }
     let section = obj.section_by_name(".debug_frame")?;
-    if section.compressed_file_range().ok()?.format == object::CompressionFormat::None {
+    let stored = section.compressed_file_range().ok()?;
+    if stored.format == object::CompressionFormat::None {
         return shared_section(data, obj, ".debug_frame").map(|s| s.0);
+    }
+    // The header's size is the file's word: a file on disk or in a sysroot
+    // may claim gigabytes. Go's frame tables are a few MiB.
+    if stored.uncompressed_size > MAX_INFLATED_DEBUG_FRAME {
+        return None;
     }
     let inflated = section.uncompressed_data().ok()?.into_owned();
     let len = inflated.len();
@@ -693,6 +699,9 @@ fn debug_frame(data: &FileBytes, obj: &object::File<'_>) -> Option<Shared> {
         range: 0..len,
     })
 }
+
+/// Largest compressed `.debug_frame` inflated for unwinding.
+const MAX_INFLATED_DEBUG_FRAME: u64 = 256 << 20;
 
 fn section_range(obj: &object::File<'_>, name: &str) -> Option<Range<u64>> {
     let s = obj.section_by_name(name)?;

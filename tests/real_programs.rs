@@ -389,16 +389,10 @@ fn read_jvm_counts(file: &Path) -> Option<(u64, u64)> {
     Some((field("usr1=")?, field("npe=")?))
 }
 
-#[test]
-fn jvm_under_load_is_dumped_without_harm() {
-    require!(
-        ptrace_access(),
-        program("javac", "-version", "openjdk-17-jdk-headless"),
-        program("java", "-version", "openjdk-17-jdk-headless"),
-        program("gdb", "--version", "gdb"),
-    );
-    let scratch = Scratch::new("real-jvm");
-    let classes = build_java_load(&scratch);
+/// testdata/java/Load.java compiled and started; the file it keeps its
+/// counts in.
+fn start_java_load(scratch: &Scratch) -> (Target, PathBuf) {
+    let classes = build_java_load(scratch);
     let counts = scratch.path().join("counts");
     // A small heap keeps each core small; the JVM picks its own collector.
     let target = Target::spawn(
@@ -412,6 +406,19 @@ fn jvm_under_load_is_dumped_without_harm() {
             counts.as_os_str(),
         ],
     );
+    (target, counts)
+}
+
+#[test]
+fn jvm_under_load_is_dumped_without_harm() {
+    require!(
+        ptrace_access(),
+        program("javac", "-version", "openjdk-17-jdk-headless"),
+        program("java", "-version", "openjdk-17-jdk-headless"),
+        program("gdb", "--version", "gdb"),
+    );
+    let scratch = Scratch::new("real-jvm");
+    let (target, counts) = start_java_load(&scratch);
     let pid = target.pid;
     let (_, npe_at_start) = read_jvm_counts(&counts).expect("the JVM wrote its counts");
     let mut sender = Usr1Sender::start(pid, {
@@ -1034,19 +1041,7 @@ fn jvm_in_gdb_lldb_and_eu_stack() {
         require_debuggers(),
     );
     let scratch = Scratch::new("real-jvm-debuggers");
-    let classes = build_java_load(&scratch);
-    let counts = scratch.path().join("counts");
-    let target = Target::spawn(
-        Path::new("java"),
-        &[
-            OsStr::new("-Xmx64m"),
-            OsStr::new("-Xms16m"),
-            OsStr::new("-cp"),
-            classes.as_os_str(),
-            OsStr::new("Load"),
-            counts.as_os_str(),
-        ],
-    );
+    let (target, counts) = start_java_load(&scratch);
     let pid = target.pid;
     wait_threads_settled("the JVM", pid);
     // Every JVM thread waits in glibc's futex wait but the workers.

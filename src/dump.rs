@@ -8,6 +8,7 @@ use crate::elf::writer::{self, WriteError};
 use crate::manifest::build::{Context, Outcome};
 use crate::manifest::sign::{self, SignError, SigningKey};
 use crate::manifest::{self, FileEntry, Manifest, ZstdEntry};
+use crate::output;
 use crate::process::freeze::{FreezeError, FrozenProcess};
 use crate::process::info;
 use crate::process::memory::{MemoryError, MemoryReader, Unreadable};
@@ -380,12 +381,6 @@ fn check_signature_free(manifest: &Path, options: &DumpOptions) -> Result<(), Du
     }
 }
 
-fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
 /// A file written in its final directory without its final name, and given
 /// that name by [`Pending::persist`] (gone if dropped before).
 struct Pending {
@@ -412,45 +407,10 @@ impl TempOutput {
     }
 }
 
-fn temp_name(path: &Path) -> String {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "core".into());
-    format!(".{file_name}.")
-}
-
-/// Gives the unnamed `file` the name `path` (never replacing a file there
-/// unless `overwrite`).
-fn link_unnamed(file: &std::fs::File, path: &Path, overwrite: bool) -> std::io::Result<()> {
-    use nix::fcntl::{AT_FDCWD, AtFlags};
-    use std::os::fd::AsRawFd;
-    let link = |to: &Path| {
-        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        nix::unistd::linkat(
-            AT_FDCWD,
-            fd_path.as_str(),
-            AT_FDCWD,
-            to,
-            AtFlags::AT_SYMLINK_FOLLOW,
-        )
-        .map_err(std::io::Error::from)
-    };
-    if !overwrite {
-        return link(path);
-    }
-    // Replace atomically: link under a fresh temporary name, then rename.
-    let temp = tempfile::Builder::new()
-        .prefix(&temp_name(path))
-        .suffix(".partial")
-        .make_in(parent_dir(path), |p| link(p))?;
-    temp.into_temp_path().persist(path).map_err(|e| e.error)
-}
-
 impl Pending {
     fn create(path: &Path, overwrite: bool) -> Result<Pending, DumpError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let dir = parent_dir(path);
+        let dir = output::parent_dir(path);
         let unnamed = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -468,7 +428,7 @@ impl Pending {
             {
                 TempOutput::Named(
                     tempfile::Builder::new()
-                        .prefix(&temp_name(path))
+                        .prefix(&output::temp_name(path))
                         .suffix(".partial")
                         .tempfile_in(dir)
                         .map_err(|source| DumpError::CreateOutput {
@@ -505,7 +465,7 @@ impl Pending {
             overwrite,
         } = self;
         let persisted = match temp {
-            TempOutput::Unnamed(file) => link_unnamed(&file, &path, overwrite),
+            TempOutput::Unnamed(file) => output::link_unnamed(&file, &path, overwrite),
             TempOutput::Named(temp) if overwrite => {
                 temp.persist(&path).map(drop).map_err(|e| e.error)
             }

@@ -245,6 +245,53 @@ fn trim_trailing_slashes(path: &Path) -> &Path {
     Path::new(std::ffi::OsStr::from_bytes(&bytes[..end]))
 }
 
+/// The directory `path` is in (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// The start of a temporary name beside `path`: hidden, and naming it.
+pub(crate) fn temp_name(path: &Path) -> String {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "core".into());
+    format!(".{file_name}.")
+}
+
+/// Gives the unnamed `file` the name `path` (never replacing a file there
+/// unless `overwrite`).
+pub(crate) fn link_unnamed(
+    file: &std::fs::File,
+    path: &Path,
+    overwrite: bool,
+) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, AtFlags};
+    use std::os::fd::AsRawFd;
+    let link = |to: &Path| {
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        nix::unistd::linkat(
+            AT_FDCWD,
+            fd_path.as_str(),
+            AT_FDCWD,
+            to,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        )
+        .map_err(std::io::Error::from)
+    };
+    if !overwrite {
+        return link(path);
+    }
+    // Replace atomically: link under a fresh temporary name, then rename.
+    let temp = tempfile::Builder::new()
+        .prefix(&temp_name(path))
+        .suffix(".partial")
+        .make_in(parent_dir(path), |p| link(p))?;
+    temp.into_temp_path().persist(path).map_err(|e| e.error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,10 +60,7 @@ pub fn unpack(
         path: output.to_path_buf(),
         source,
     };
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::output::parent_dir(output);
     let temp = PendingOutput::create(dir, output).map_err(write_err)?;
     let (len, frames) = match SeekableCore::open(input) {
         Ok(core) => (
@@ -127,7 +124,7 @@ impl PendingOutput {
                 ) =>
             {
                 let temp = tempfile::Builder::new()
-                    .prefix(&partial_prefix(output))
+                    .prefix(&crate::output::temp_name(output))
                     .suffix(".partial")
                     .tempfile_in(dir)?;
                 let guard = crate::cancel::RemoveOnForcedExit::new(temp.path());
@@ -155,44 +152,9 @@ impl PendingOutput {
                 .persist_noclobber(output)
                 .map(drop)
                 .map_err(|e| e.error),
-            PendingOutput::Unnamed(file) => {
-                use nix::fcntl::{AT_FDCWD, AtFlags};
-                use std::os::fd::AsRawFd;
-                let link = |to: &Path| {
-                    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-                    nix::unistd::linkat(
-                        AT_FDCWD,
-                        fd_path.as_str(),
-                        AT_FDCWD,
-                        to,
-                        AtFlags::AT_SYMLINK_FOLLOW,
-                    )
-                    .map_err(std::io::Error::from)
-                };
-                if !overwrite {
-                    return link(output);
-                }
-                // Replace atomically: a fresh temporary name, then rename.
-                let dir = output
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let temp = tempfile::Builder::new()
-                    .prefix(&partial_prefix(output))
-                    .suffix(".partial")
-                    .make_in(dir, |p| link(p))?;
-                temp.into_temp_path().persist(output).map_err(|e| e.error)
-            }
+            PendingOutput::Unnamed(file) => crate::output::link_unnamed(&file, output, overwrite),
         }
     }
-}
-
-fn partial_prefix(output: &Path) -> String {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!(".{name}.")
 }
 
 /// Writes the non-zero pages of `data` (which belongs at `offset`, a page

@@ -767,6 +767,23 @@ fn go_server_under_load_is_dumped_only_at_its_crash() {
     assert!(named, "{out}");
 }
 
+/// `watcher` (`--on-exit`) dumped `pid` at its exit with `status` and
+/// said so, and the manifest records that exit and no signal; the core.
+fn assert_dumped_at_exit(mut watcher: Watcher, prefix: &Path, pid: i32, status: i32) -> PathBuf {
+    let (code, err) = watcher.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("was exiting with exit status {status}; dumped")),
+        "{err}"
+    );
+    let core = core_path(prefix, pid);
+    let trigger = manifest_trigger(&core);
+    assert_eq!(trigger["kind"], "exit", "{trigger}");
+    assert_eq!(trigger["exit_status"], status, "{trigger}");
+    assert!(trigger.get("signal").is_none(), "{trigger}");
+    core
+}
+
 #[test]
 fn go_panic_is_dumped_at_its_exit() {
     require!(program("go", "version", "golang-go"));
@@ -784,17 +801,7 @@ fn go_panic_is_dumped_at_its_exit() {
         .and_then(|mut s| write!(s, "GET /panic HTTP/1.0\r\n\r\n"));
     let status = server.wait_end(Duration::from_secs(60));
     assert_eq!(status.code(), Some(2), "{status:?}");
-    let (code, err) = watcher.finish(Duration::from_secs(60));
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("was exiting with exit status 2; dumped"),
-        "{err}"
-    );
-    let core = core_path(&prefix, pid);
-    let trigger = manifest_trigger(&core);
-    assert_eq!(trigger["kind"], "exit", "{trigger}");
-    assert_eq!(trigger["exit_status"], 2, "{trigger}");
-    assert!(trigger.get("signal").is_none(), "{trigger}");
+    let core = assert_dumped_at_exit(watcher, &prefix, pid, 2);
     common::elf_readers::assert_readers_agree(&core);
     let (named, out) = backtraces_name(&exe, &core, &["runtime.exit", "runtime.fatalpanic"]);
     assert!(named, "{out}");
@@ -907,16 +914,7 @@ fn jvm_system_exit_is_dumped_at_its_exit() {
     jvm.send("exit");
     let status = jvm.wait_end(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{status:?}");
-    let (code, err) = watcher.finish(Duration::from_secs(60));
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("was exiting with exit status 1; dumped"),
-        "{err}"
-    );
-    let core = core_path(&prefix, pid);
-    let trigger = manifest_trigger(&core);
-    assert_eq!(trigger["kind"], "exit", "{trigger}");
-    assert_eq!(trigger["exit_status"], 1, "{trigger}");
+    let core = assert_dumped_at_exit(watcher, &prefix, pid, 1);
     // gdb opens the core on the thread that called exit: for System.exit
     // the JVM's VM thread, which runs the halt as a VM operation.
     let out = run_gdb(&exe, &core, &["bt"]);
